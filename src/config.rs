@@ -1,0 +1,140 @@
+//! Limits and settings of a loop, and its statistics.
+
+use std::time::Duration;
+
+/// Limits and settings of an [`EventLoop`](crate::EventLoop), with defaults
+/// that suit a server on the open internet.
+///
+/// Every limit says what a peer sees when it is hit; README's "Limits and
+/// failure behaviour" lists them in one table.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// let config = netloop::Config {
+///     max_connections: 100,
+///     idle_timeout: Some(Duration::from_secs(30)),
+///     ..Default::default()
+/// };
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most connections open at once, accepted and outbound together
+    /// (default 10,000). A connection accepted past it is refused at once:
+    /// [`Handler::on_refuse`](crate::Handler::on_refuse) may queue a reason,
+    /// which is flushed before the close.
+    pub max_connections: usize,
+    /// Most connections accepted from one listener per readiness event
+    /// (default 64); the rest wait for the next turn of the loop, so a
+    /// connection flood cannot starve established connections.
+    pub accepts_per_turn: usize,
+    /// Most bytes read from one connection (or datagrams times 64 KiB from one
+    /// socket) per turn of the loop (default 256 KiB). A connection cut off by
+    /// this budget is read again on the next turn, before the loop blocks.
+    pub read_budget: usize,
+    /// Most bytes written to one connection per turn (default 1 MiB).
+    pub write_budget: usize,
+    /// Write queue size above which reading from the connection pauses
+    /// (default 1 MiB); [`Handler::on_backpressure`](crate::Handler::on_backpressure) hears of it.
+    pub high_water: usize,
+    /// Write queue size at or below which paused reading resumes (default 256 KiB).
+    pub low_water: usize,
+    /// Hard cap on a connection's write queue (default 64 MiB). A `send` past
+    /// it closes the connection with
+    /// [`CloseReason::WriteQueueFull`](crate::CloseReason::WriteQueueFull):
+    /// this is how a reader that never reads is dropped.
+    pub max_write_queue: usize,
+    /// Most unconsumed input kept for a connection (default 1 MiB). Past it
+    /// the connection is closed with
+    /// [`CloseReason::InputTooLarge`](crate::CloseReason::InputTooLarge).
+    pub max_input: usize,
+    /// Close a connection that makes no progress for this long (default five
+    /// minutes; `None` turns it off). Progress is the handler consuming input
+    /// or the kernel taking output, so a client trickling bytes of a line that
+    /// never completes is not kept alive by the trickle. Checked by a sweep a
+    /// few times per timeout, so a close comes up to a quarter late.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful stop waits for write queues to drain before it
+    /// closes what is left (default 5 s).
+    pub drain_timeout: Duration,
+    /// Listen backlog (default 1024).
+    pub backlog: i32,
+    /// Set TCP_NODELAY on every TCP connection (default true).
+    pub nodelay: bool,
+    /// Capacity of the readiness event buffer (default 1024).
+    pub events_capacity: usize,
+    /// How long accepting pauses after the process ran out of file
+    /// descriptors (EMFILE/ENFILE) (default 500 ms, as nginx).
+    pub accept_backoff: Duration,
+    /// Most datagrams queued on one datagram socket while the kernel refuses
+    /// them (default 1024); past it datagrams are dropped and counted.
+    pub datagram_queue: usize,
+    /// Catch a panic in a callback (default true): the connection the
+    /// callback was for is closed with
+    /// [`CloseReason::Panic`](crate::CloseReason::Panic), the panic is logged
+    /// and the loop goes on. False lets panics propagate out of `run`. Either
+    /// way a build with `panic = "abort"` aborts.
+    pub catch_panics: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_connections: 10_000,
+            accepts_per_turn: 64,
+            read_budget: 256 * 1024,
+            write_budget: 1024 * 1024,
+            high_water: 1024 * 1024,
+            low_water: 256 * 1024,
+            max_write_queue: 64 * 1024 * 1024,
+            max_input: 1024 * 1024,
+            idle_timeout: Some(Duration::from_secs(300)),
+            drain_timeout: Duration::from_secs(5),
+            backlog: 1024,
+            nodelay: true,
+            events_capacity: 1024,
+            accept_backoff: Duration::from_millis(500),
+            datagram_queue: 1024,
+            catch_panics: true,
+        }
+    }
+}
+
+/// Counters kept by a loop, read with [`Context::stats`](crate::Context::stats).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Stream connections open now (accepted and outbound).
+    pub connections: usize,
+    /// Connections accepted since the loop started.
+    pub accepted: u64,
+    /// Outbound connections established.
+    pub connected: u64,
+    /// Connections closed (every reason).
+    pub closed: u64,
+    /// Connections refused for being over `max_connections`.
+    pub refused: u64,
+    /// Bytes read from streams.
+    pub bytes_read: u64,
+    /// Bytes written to streams.
+    pub bytes_written: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams dropped because the kernel refused them and the queue was full.
+    pub datagrams_dropped: u64,
+    /// Readiness events handled.
+    pub events: u64,
+    /// Times the loop returned from polling.
+    pub polls: u64,
+    /// Messages received from other threads.
+    pub messages: u64,
+    /// Timers fired.
+    pub timers_fired: u64,
+    /// Panics caught in callbacks.
+    pub panics: u64,
+    /// Accept failures for lack of file descriptors (EMFILE/ENFILE/ENOBUFS/ENOMEM).
+    pub accept_errors: u64,
+}

@@ -1,0 +1,541 @@
+//! The context every callback receives: how a handler acts on the loop.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+use socket2::SockRef;
+
+use crate::core::{
+    Conn, Core, DgramEntry, Kind, Notice, CONNECTING, COUNTED, SHUTDOWN, WRITE_SHUT,
+};
+use crate::sock::{self, Bound, Dgram, Listener, Outbound, PeerCred, StdSocket, Stream};
+use crate::timer::TimerKind;
+use crate::{
+    Addr, CloseReason, Config, ConnId, Error, ListenOptions, Stats, TimerId, ToEndpoint, Transport,
+};
+
+/// What a handler uses to act on the loop: send, close, listen, connect,
+/// set timers, read addresses and options. Every callback gets one.
+///
+/// Operations on an id that is no longer live fail with [`Error::Stale`] and
+/// do nothing, so an id kept too long is harmless.
+pub struct Context<'a> {
+    pub(crate) core: &'a mut Core,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// A socket taken out of the loop by [`Context::detach`], with what was in
+/// flight.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Detached {
+    /// The socket, in blocking mode as std sockets are by default.
+    pub socket: StdSocket,
+    /// Bytes queued with `send` that the kernel had not yet taken.
+    pub unsent: Vec<u8>,
+    /// Bytes read from the socket that the handler had not consumed.
+    pub unread: Vec<u8>,
+}
+
+impl<'a> Context<'a> {
+    /// Listens on an address string such as `tcp://127.0.0.1:7000`,
+    /// `tcp://[::1]:0`, `unix:///tmp/x.sock`, `unix://@name`, or binds a
+    /// datagram socket for `udp://…` and `unixgram://…`.
+    ///
+    /// Accepted connections reach [`Handler::on_open`](crate::Handler::on_open);
+    /// datagrams reach [`Handler::on_datagram`](crate::Handler::on_datagram)
+    /// with the returned id. A Unix socket file left by a dead server is
+    /// replaced; one a live server answers on is not (`AddrInUse`). The file
+    /// is removed when the listener closes.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad address (the message names it), or the OS
+    /// error from bind or listen (`AddrInUse`, `PermissionDenied`, …).
+    pub fn listen(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
+        self.listen_with(addr, &ListenOptions::default())
+    }
+
+    /// [`listen`](Context::listen) with options: backlog, SO_REUSEPORT, …
+    ///
+    /// # Errors
+    /// As [`listen`](Context::listen).
+    pub fn listen_with(
+        &mut self,
+        addr: impl ToEndpoint,
+        opts: &ListenOptions,
+    ) -> io::Result<ConnId> {
+        let ep = addr.to_endpoint()?;
+        let id = match sock::bind(&ep, opts, self.core.config.backlog)? {
+            Bound::Listener(l) => self.core.insert(Kind::Listener { l, paused: false })?,
+            Bound::Dgram(sock) => self.insert_dgram(sock)?,
+        };
+        Ok(id)
+    }
+
+    fn insert_dgram(&mut self, sock: Dgram) -> io::Result<ConnId> {
+        self.core.insert(Kind::Dgram(DgramEntry {
+            sock,
+            queue: Default::default(),
+            blocked: false,
+        }))
+    }
+
+    /// Starts connecting to an address string, without blocking.
+    ///
+    /// The outcome reaches the handler as a value:
+    /// [`on_open`](crate::Handler::on_open) once connected, or
+    /// [`on_connect_failed`](crate::Handler::on_connect_failed) with the error
+    /// (`ConnectionRefused`, `TimedOut`, …). Bytes sent before the connection
+    /// is open are queued and flushed once it is. For `udp://` and
+    /// `unixgram://` this makes a connected datagram socket (bound to an
+    /// ephemeral port, or an autobound abstract name), open at once:
+    /// [`send`](Context::send) then sends one datagram to the peer.
+    ///
+    /// # Errors
+    /// Only for a bad address or a socket that could not be made; a refused
+    /// or unreachable peer is reported to the handler instead.
+    pub fn connect(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
+        let ep = addr.to_endpoint()?;
+        let (out, err) = sock::connect(&ep, self.core.config.nodelay)?;
+        match out {
+            Outbound::Stream(stream) => {
+                let conn = Conn::new(
+                    stream,
+                    CONNECTING,
+                    self.core.now,
+                    self.core.config.idle_timeout,
+                );
+                let id = self.core.insert(Kind::Conn(conn))?;
+                if let Some(e) = err {
+                    self.core.fail_connect(id, e);
+                }
+                Ok(id)
+            }
+            Outbound::Dgram(sock) => {
+                let id = self.insert_dgram(sock)?;
+                match err {
+                    Some(e) => {
+                        self.core.close(id, CloseReason::Closed, false);
+                        self.core.notices.pop_back();
+                        self.core.notices.push_back(Notice::ConnectFailed(id, e));
+                    }
+                    None => self.core.notices.push_back(Notice::Open(id)),
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    /// Queues bytes to send on a stream connection: all of them are
+    /// delivered, in order (sendall). The loop writes every connection's queue
+    /// once per turn, before it sleeps, so several sends in one turn cost one
+    /// system call. On a connected datagram socket, sends one datagram.
+    ///
+    /// # Errors
+    /// [`Error::Stale`] for a closed id, [`Error::Closing`] after `close` or
+    /// `shutdown`, [`Error::WrongKind`] for a listener, [`Error::QueueFull`]
+    /// when this send took the queue past its hard cap (the connection is
+    /// being closed), and for a datagram socket [`Error::Full`] or the OS
+    /// error.
+    #[inline]
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        self.core.send(id, data)
+    }
+
+    /// Sends one datagram to `to` from a bound datagram socket. When the
+    /// kernel refuses for now, the datagram is queued (up to
+    /// [`Config::datagram_queue`]) and sent once the socket is writable;
+    /// past that it is dropped and counted.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when dropped, [`Error::WrongKind`] on a stream, or the
+    /// OS error (`EMSGSIZE` for a datagram too large, …).
+    pub fn send_to(&mut self, id: ConnId, data: &[u8], to: &Addr) -> Result<(), Error> {
+        let to = to.to_sockaddr()?;
+        self.core.send_dgram(id, data, Some(to))
+    }
+
+    /// Closes gracefully: what is queued is flushed, then the connection
+    /// closes and [`Handler::on_close`](crate::Handler::on_close) hears
+    /// [`CloseReason::Closed`]. Nothing more is read meanwhile. Listeners,
+    /// datagram sockets and registered fds close at once.
+    ///
+    /// # Errors
+    /// [`Error::Stale`] for a closed id.
+    pub fn close(&mut self, id: ConnId) -> Result<(), Error> {
+        self.core.close_graceful(id, CloseReason::Closed)
+    }
+
+    pub(crate) fn close_with(&mut self, id: ConnId, reason: CloseReason) {
+        let _ = self.core.close_graceful(id, reason);
+    }
+
+    /// Closes at once, dropping whatever is queued; a TCP peer gets a reset
+    /// (SO_LINGER 0).
+    ///
+    /// # Errors
+    /// [`Error::Stale`] for a closed id.
+    pub fn abort(&mut self, id: ConnId) -> Result<(), Error> {
+        if self.core.close(id, CloseReason::Closed, true) {
+            Ok(())
+        } else {
+            Err(Error::Stale)
+        }
+    }
+
+    /// Half-closes: once the queue is flushed, the write side is shut down
+    /// (the peer reads end of file); reading goes on.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], or [`Error::WrongKind`] for anything but a stream.
+    pub fn shutdown(&mut self, id: ConnId) -> Result<(), Error> {
+        let Kind::Conn(c) = &mut self.core.entry(id)?.kind else {
+            return Err(Error::WrongKind);
+        };
+        if c.flags & (SHUTDOWN | WRITE_SHUT) != 0 {
+            return Ok(());
+        }
+        c.flags |= SHUTDOWN;
+        if c.queued() == 0 && c.flags & CONNECTING == 0 {
+            c.flags |= WRITE_SHUT;
+            crate::core::shutdown_write(&c.stream)?;
+        }
+        Ok(())
+    }
+
+    /// The peer's address (getpeername). For a Unix connection this is often
+    /// [`UnixAddr::Unnamed`](crate::UnixAddr::Unnamed).
+    ///
+    /// # Errors
+    /// [`Error::Stale`], or the OS error (`NotConnected` for an unconnected
+    /// datagram socket).
+    pub fn peer_addr(&mut self, id: ConnId) -> Result<Addr, Error> {
+        let fd = self.core.fd_of(id)?;
+        Ok(sock::addr_of(borrow(fd), true)?)
+    }
+
+    /// The local address (getsockname): where a listener listens (with the
+    /// port the OS chose for `:0`), or a connection's own end.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], or the OS error.
+    pub fn local_addr(&mut self, id: ConnId) -> Result<Addr, Error> {
+        let fd = self.core.fd_of(id)?;
+        Ok(sock::addr_of(borrow(fd), false)?)
+    }
+
+    /// The transport of a socket: TCP, UDP, Unix stream or Unix datagram
+    /// (or `Fd` for a registered fd). With the family of
+    /// [`local_addr`](Context::local_addr), this is getsockopt's SO_TYPE and
+    /// SO_DOMAIN.
+    ///
+    /// # Errors
+    /// [`Error::Stale`].
+    pub fn transport(&mut self, id: ConnId) -> Result<Transport, Error> {
+        Ok(match &self.core.entry(id)?.kind {
+            Kind::Listener { l, .. } => l.transport(),
+            Kind::Conn(c) => c.stream.transport(),
+            Kind::Dgram(d) => d.sock.transport(),
+            Kind::Fd(_) | Kind::Closed => Transport::Fd,
+        })
+    }
+
+    /// True if the id is a stream connection that has been accepted or has
+    /// finished connecting, and is not closed.
+    pub fn is_open(&mut self, id: ConnId) -> bool {
+        self.core
+            .conn(id)
+            .is_some_and(|c| c.flags & CONNECTING == 0)
+    }
+
+    /// The peer's credentials on a Unix stream connection (SO_PEERCRED).
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a Unix stream.
+    pub fn peer_cred(&mut self, id: ConnId) -> Result<PeerCred, Error> {
+        match &self.core.entry(id)?.kind {
+            Kind::Conn(Conn {
+                stream: Stream::Unix(s),
+                ..
+            }) => Ok(sock::peer_cred(s.as_raw_fd())?),
+            _ => Err(Error::WrongKind),
+        }
+    }
+
+    /// The socket, to read and set its options with socket2's typed calls:
+    /// `set_nodelay`, `set_tcp_keepalive` (idle, interval, count),
+    /// `set_recv_buffer_size`, `set_send_buffer_size`, `set_linger`,
+    /// `set_ttl`, `set_broadcast`, `join_multicast_v4`, … and their getters.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(cx: &mut netloop::Context<'_>, id: netloop::ConnId) -> Result<(), netloop::Error> {
+    /// use std::time::Duration;
+    /// use netloop::socket2::TcpKeepalive;
+    /// let s = cx.socket(id)?;
+    /// s.set_nodelay(true)?;
+    /// s.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Stale`] for a closed id, [`Error::WrongKind`] for a
+    /// registered fd.
+    pub fn socket(&mut self, id: ConnId) -> Result<SockRef<'_>, Error> {
+        Ok(match &self.core.entry(id)?.kind {
+            Kind::Listener { l, .. } => SockRef::from(l),
+            Kind::Conn(c) => SockRef::from(&c.stream),
+            Kind::Dgram(d) => SockRef::from(&d.sock),
+            Kind::Fd(_) | Kind::Closed => return Err(Error::WrongKind),
+        })
+    }
+
+    /// The raw file descriptor (fileno). The loop still owns it.
+    ///
+    /// # Errors
+    /// [`Error::Stale`] for a closed id.
+    pub fn raw_fd(&mut self, id: ConnId) -> Result<RawFd, Error> {
+        self.core.fd_of(id)
+    }
+
+    /// Bytes queued on a connection that the kernel has not taken yet.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn queued(&mut self, id: ConnId) -> Result<usize, Error> {
+        match &self.core.entry(id)?.kind {
+            Kind::Conn(c) => Ok(c.queued()),
+            _ => Err(Error::WrongKind),
+        }
+    }
+
+    /// Sets this connection's idle timeout (`None`: never), replacing
+    /// [`Config::idle_timeout`] for it. The clock restarts now.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) -> Result<(), Error> {
+        let now = self.core.now;
+        let Kind::Conn(c) = &mut self.core.entry(id)?.kind else {
+            return Err(Error::WrongKind);
+        };
+        c.idle_timeout = timeout;
+        c.last_active = now;
+        if let Some(t) = timeout {
+            self.core.ensure_sweep(t);
+        }
+        Ok(())
+    }
+
+    /// Sets a one-shot timer: [`Handler::on_timer`](crate::Handler::on_timer)
+    /// fires after `delay` with the returned id. Timers due at the same time
+    /// fire in the order they were set.
+    pub fn set_timer(&mut self, delay: Duration) -> TimerId {
+        let at = Instant::now() + delay;
+        self.core.timers.insert(at, None, TimerKind::User)
+    }
+
+    /// Sets a periodic timer, first firing after `period`. If the loop falls
+    /// a whole period behind, missed ticks are skipped, not fired in a burst.
+    pub fn set_interval(&mut self, period: Duration) -> TimerId {
+        let period = period.max(Duration::from_micros(1));
+        let at = Instant::now() + period;
+        self.core.timers.insert(at, Some(period), TimerKind::User)
+    }
+
+    /// Cancels a timer. False if it already fired (one-shot) or was cancelled.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        self.core.timers.cancel(timer)
+    }
+
+    /// Takes a socket out of the loop, deregistered, as a std socket in
+    /// blocking mode, with any bytes that were queued or unconsumed.
+    /// [`Handler::on_close`](crate::Handler::on_close) hears
+    /// [`CloseReason::Detached`] and hands back the state. A Unix listener's
+    /// socket file is left for the new owner.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for a registered fd (the loop
+    /// never owned it: use `close`).
+    pub fn detach(&mut self, id: ConnId) -> Result<Detached, Error> {
+        let entry = self.core.entry(id)?;
+        if matches!(entry.kind, Kind::Fd(_)) {
+            return Err(Error::WrongKind);
+        }
+        let kind = std::mem::replace(&mut entry.kind, Kind::Closed);
+        let registry = self.core.poll.registry();
+        let (socket, unsent, unread, notify) = match kind {
+            Kind::Conn(mut c) => {
+                let _ = registry.deregister(c.stream.source());
+                if c.flags & COUNTED != 0 {
+                    self.core.stats.connections -= 1;
+                }
+                let unsent = c.output[c.written..].to_vec();
+                self.core.recycle(std::mem::take(&mut c.output));
+                (c.stream.into_std(), unsent, c.input, true)
+            }
+            Kind::Listener { mut l, .. } => {
+                let _ = registry.deregister(l.source());
+                (l.into_std(), Vec::new(), Vec::new(), false)
+            }
+            Kind::Dgram(mut d) => {
+                let _ = registry.deregister(d.sock.source());
+                (d.sock.into_std(), Vec::new(), Vec::new(), true)
+            }
+            Kind::Fd(_) | Kind::Closed => unreachable!("checked above"),
+        };
+        set_blocking(&socket)?;
+        self.core
+            .notices
+            .push_back(Notice::Closed(id, CloseReason::Detached, notify));
+        Ok(Detached {
+            socket,
+            unsent,
+            unread,
+        })
+    }
+
+    /// Adopts a std socket of any kind: a listener starts accepting, a stream
+    /// connection opens (the handler hears [`on_open`](crate::Handler::on_open)),
+    /// a datagram socket starts receiving. It is switched to non-blocking mode.
+    ///
+    /// # Errors
+    /// The OS error from making it non-blocking or registering it.
+    pub fn adopt(&mut self, socket: impl Into<StdSocket>) -> io::Result<ConnId> {
+        let socket = socket.into();
+        set_nonblocking(&socket)?;
+        let idle = self.core.config.idle_timeout;
+        let now = self.core.now;
+        let nodelay = self.core.config.nodelay;
+        let stream = |s: Stream| Kind::Conn(Conn::new(s, 0, now, idle));
+        let kind = match socket {
+            StdSocket::TcpListener(l) => Kind::Listener {
+                l: Listener::Tcp(mio::net::TcpListener::from_std(l)),
+                paused: false,
+            },
+            StdSocket::UnixListener(l) => Kind::Listener {
+                l: Listener::Unix(mio::net::UnixListener::from_std(l), None),
+                paused: false,
+            },
+            StdSocket::TcpStream(s) => {
+                if nodelay {
+                    let _ = s.set_nodelay(true);
+                }
+                stream(Stream::Tcp(mio::net::TcpStream::from_std(s)))
+            }
+            StdSocket::UnixStream(s) => stream(Stream::Unix(mio::net::UnixStream::from_std(s))),
+            StdSocket::UdpSocket(s) => Kind::Dgram(DgramEntry {
+                sock: Dgram::Udp(mio::net::UdpSocket::from_std(s)),
+                queue: Default::default(),
+                blocked: false,
+            }),
+            StdSocket::UnixDatagram(s) => Kind::Dgram(DgramEntry {
+                sock: Dgram::Unix(mio::net::UnixDatagram::from_std(s), None),
+                queue: Default::default(),
+                blocked: false,
+            }),
+        };
+        let is_conn = matches!(kind, Kind::Conn(_));
+        let id = self.core.insert(kind)?;
+        if is_conn {
+            if let Some(c) = self.core.conn(id) {
+                c.flags |= COUNTED;
+            }
+            self.core.stats.connections += 1;
+            self.core.notices.push_back(Notice::Open(id));
+        }
+        Ok(id)
+    }
+
+    /// Adopts a socket given as an owned fd whose kind is read from the
+    /// socket itself: systemd's `LISTEN_FDS` (see [`listen_fds`](crate::listen_fds))
+    /// or a listener inherited from a parent process.
+    ///
+    /// # Errors
+    /// `InvalidInput` if it is not a TCP, UDP or Unix socket; else as
+    /// [`adopt`](Context::adopt).
+    pub fn adopt_fd(&mut self, fd: OwnedFd) -> io::Result<ConnId> {
+        self.adopt(StdSocket::from_fd(fd)?)
+    }
+
+    /// Registers any other file descriptor (stdin, a pipe, an eventfd) as a
+    /// source: [`Handler::on_fd_ready`](crate::Handler::on_fd_ready) fires when
+    /// it is ready. Edge-triggered: read or write until `WouldBlock`. The fd
+    /// must be non-blocking and stay open while registered; the loop does not
+    /// own it and `close` only deregisters it.
+    ///
+    /// # Errors
+    /// The OS error from registering (`PermissionDenied` for a regular file,
+    /// which epoll cannot watch).
+    pub fn register_fd(&mut self, fd: RawFd, interest: Interest) -> io::Result<ConnId> {
+        let id = self.core.insert(Kind::Fd(fd))?;
+        if let Err(e) =
+            self.core
+                .poll
+                .registry()
+                .register(&mut mio::unix::SourceFd(&fd), id.token(), interest)
+        {
+            self.core.entries.remove(id.key as usize);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Stops the loop gracefully: listeners close (Unix socket files are
+    /// removed), every connection closes once its queue is flushed or the
+    /// drain deadline ([`Config::drain_timeout`]) passes, then `run` returns.
+    pub fn stop(&mut self) {
+        self.core.stop_requested = true;
+    }
+
+    /// The time the loop read after its last poll: cheap, and the same for
+    /// every callback in one turn.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// The loop's configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+}
+
+fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: `fd` belongs to a socket in the loop's slab, which stays open
+    // at least until the current callback returns; callers use the borrow
+    // only within the call that made it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn std_fd(s: &StdSocket) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match s {
+        StdSocket::TcpListener(x) => x.as_fd(),
+        StdSocket::TcpStream(x) => x.as_fd(),
+        StdSocket::UdpSocket(x) => x.as_fd(),
+        StdSocket::UnixListener(x) => x.as_fd(),
+        StdSocket::UnixStream(x) => x.as_fd(),
+        StdSocket::UnixDatagram(x) => x.as_fd(),
+    }
+}
+
+fn set_nonblocking(s: &StdSocket) -> io::Result<()> {
+    SockRef::from(&std_fd(s)).set_nonblocking(true)
+}
+
+fn set_blocking(s: &StdSocket) -> io::Result<()> {
+    SockRef::from(&std_fd(s)).set_nonblocking(false)
+}

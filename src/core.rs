@@ -1,0 +1,571 @@
+//! The loop's state that callbacks may touch through a [`Context`]: the slab
+//! of sockets, timers, queues, limits and counters. The dispatch that calls
+//! the handler lives in `event_loop.rs`; nothing here calls the handler, it
+//! leaves [`Notice`]s that the dispatcher delivers once the current callback
+//! has returned.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Poll};
+use slab::Slab;
+
+use crate::remote::Shared;
+use crate::sock::{Dgram, Listener, Stream};
+use crate::timer::{TimerKind, Timers};
+use crate::{CloseReason, Config, ConnId, Error, Stats, TimerId};
+
+// Connection flags.
+pub(crate) const CONNECTING: u16 = 1 << 0; // outbound connect in progress
+pub(crate) const CLOSING: u16 = 1 << 1; // graceful close: flush, then close
+pub(crate) const SHUTDOWN: u16 = 1 << 2; // shut the write side once the queue drains
+pub(crate) const WRITE_SHUT: u16 = 1 << 3; // the write side is shut
+pub(crate) const EOF: u16 = 1 << 4; // the peer closed its write side
+pub(crate) const PAUSED: u16 = 1 << 5; // reading paused: write queue above high water
+pub(crate) const PENDING: u16 = 1 << 6; // in `Core::pending`
+pub(crate) const READY: u16 = 1 << 7; // in `Core::ready`
+pub(crate) const BLOCKED: u16 = 1 << 8; // the kernel refused a write: wait for WRITABLE
+pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
+
+/// Output buffers kept for reuse, so that a steady stream of messages does
+/// not allocate, while an idle connection holds none.
+const POOL_MAX: usize = 256;
+/// Buffers larger than this are freed, not pooled.
+const POOL_BUF_MAX: usize = 64 * 1024;
+
+/// A stream connection.
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,                 // the socket
+    pub(crate) input: Vec<u8>,                 // unconsumed input; no allocation while empty
+    pub(crate) output: Vec<u8>,                // queued output; `output[written..]` is unsent
+    pub(crate) written: usize,                 // bytes of `output` already sent
+    pub(crate) flags: u16,                     // CONNECTING, CLOSING, …
+    pub(crate) close_reason: CloseReason,      // the reason a graceful close will report
+    pub(crate) last_active: Instant,           // last progress, for the idle timeout
+    pub(crate) idle_timeout: Option<Duration>, // this connection's idle timeout
+}
+
+impl Conn {
+    pub(crate) fn new(stream: Stream, flags: u16, now: Instant, idle: Option<Duration>) -> Conn {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            flags,
+            close_reason: CloseReason::Closed,
+            last_active: now,
+            idle_timeout: idle,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn queued(&self) -> usize {
+        self.output.len() - self.written
+    }
+}
+
+/// A datagram socket.
+pub(crate) struct DgramEntry {
+    pub(crate) sock: Dgram,                                           // the socket
+    pub(crate) queue: VecDeque<(Vec<u8>, Option<socket2::SockAddr>)>, // datagrams the kernel refused, to retry on WRITABLE
+    pub(crate) blocked: bool, // the kernel refused: wait for WRITABLE
+}
+
+/// What a slab slot holds.
+pub(crate) enum Kind {
+    Listener {
+        l: Listener,
+        paused: bool,
+    }, // paused: accepting backs off after EMFILE
+    Conn(Conn),
+    Dgram(DgramEntry),
+    Fd(RawFd), // a user's fd, not owned
+    /// Closed, waiting for its notice to be delivered; the slot is not reused
+    /// until then, so per-connection state cannot be handed to a newcomer.
+    Closed,
+}
+
+pub(crate) struct Entry {
+    pub(crate) gen: u32,   // matches ConnId::gen while this socket lives
+    pub(crate) kind: Kind, // the socket
+}
+
+/// Something the dispatcher tells the handler once the current callback returns.
+pub(crate) enum Notice {
+    Open(ConnId),
+    Closed(ConnId, CloseReason, bool), // the bool: tell the handler (false for listeners and fds)
+    ConnectFailed(ConnId, io::Error),
+    Backpressure(ConnId, bool),
+}
+
+pub(crate) struct Core {
+    pub(crate) poll: Poll,                         // the one poll of this loop
+    pub(crate) entries: Slab<Entry>,               // every socket, keyed by ConnId::key
+    pub(crate) gen: u32,                           // the last generation handed out
+    pub(crate) timers: Timers,                     // user and internal timers
+    pub(crate) config: Config,                     // limits
+    pub(crate) stats: Stats,                       // counters
+    pub(crate) now: Instant,                       // read once per turn, after polling
+    pub(crate) pending: Vec<ConnId>, // sockets with output to flush before the next poll
+    pub(crate) ready: Vec<ConnId>,   // sockets to read again before blocking (budget cut, resumed)
+    pub(crate) notices: VecDeque<Notice>, // for the handler, after the current callback
+    pub(crate) pool: Vec<Vec<u8>>,   // spare output buffers
+    pub(crate) stop_requested: bool, // stop asked for; the dispatcher begins it
+    pub(crate) stopping: Option<Instant>, // a graceful stop's drain deadline
+    pub(crate) stop_now: bool,       // stop at once: abort what is left
+    pub(crate) sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
+    pub(crate) emfile_logged: Option<Instant>, // last EMFILE warning, to log at most once a second
+    pub(crate) shared: Arc<Shared>,  // the waker and flags shared with handles
+}
+
+impl Core {
+    pub(crate) fn new(poll: Poll, config: Config, shared: Arc<Shared>) -> Core {
+        let mut core = Core {
+            poll,
+            entries: Slab::with_capacity(64),
+            gen: 0,
+            timers: Timers::new(),
+            config,
+            stats: Stats::default(),
+            now: Instant::now(),
+            pending: Vec::with_capacity(64),
+            ready: Vec::new(),
+            notices: VecDeque::new(),
+            pool: Vec::new(),
+            stop_requested: false,
+            stopping: None,
+            stop_now: false,
+            sweep: None,
+            emfile_logged: None,
+            shared,
+        };
+        if let Some(t) = core.config.idle_timeout {
+            core.ensure_sweep(t);
+        }
+        core
+    }
+
+    /// Puts a socket in the slab and registers it.
+    pub(crate) fn insert(&mut self, kind: Kind) -> io::Result<ConnId> {
+        self.gen = self.gen.wrapping_add(1);
+        let gen = self.gen;
+        let entry = self.entries.vacant_entry();
+        let key = u32::try_from(entry.key())
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "too many sockets"))?;
+        let id = ConnId::new(key, gen);
+        let entry = entry.insert(Entry { gen, kind });
+        let registry = self.poll.registry();
+        let res = match &mut entry.kind {
+            Kind::Listener { l, .. } => {
+                registry.register(l.source(), id.token(), Interest::READABLE)
+            }
+            Kind::Conn(c) => registry.register(
+                c.stream.source(),
+                id.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            ),
+            Kind::Dgram(d) => registry.register(
+                d.sock.source(),
+                id.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            ),
+            Kind::Fd(_) | Kind::Closed => Ok(()),
+        };
+        if let Err(e) = res {
+            self.entries.remove(key as usize);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// The live entry an id names.
+    #[inline]
+    pub(crate) fn entry(&mut self, id: ConnId) -> Result<&mut Entry, Error> {
+        live(&mut self.entries, id)
+    }
+
+    #[inline]
+    pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.entries.get_mut(id.key as usize) {
+            Some(Entry {
+                gen,
+                kind: Kind::Conn(c),
+            }) if *gen == id.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn fd_of(&mut self, id: ConnId) -> Result<RawFd, Error> {
+        use std::os::fd::AsRawFd;
+        Ok(match &self.entry(id)?.kind {
+            Kind::Listener { l, .. } => l.as_fd().as_raw_fd(),
+            Kind::Conn(c) => c.stream.as_fd().as_raw_fd(),
+            Kind::Dgram(d) => d.sock.as_fd().as_raw_fd(),
+            Kind::Fd(fd) => *fd,
+            Kind::Closed => return Err(Error::Stale),
+        })
+    }
+
+    pub(crate) fn mark_pending(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            if c.flags & PENDING == 0 {
+                c.flags |= PENDING;
+                self.pending.push(id);
+            }
+        }
+    }
+
+    pub(crate) fn mark_ready(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            if c.flags & READY != 0 {
+                return;
+            }
+            c.flags |= READY;
+        }
+        self.ready.push(id);
+    }
+
+    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() != 0 && buf.capacity() <= POOL_BUF_MAX && self.pool.len() < POOL_MAX {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// Queues bytes on a stream, or sends a datagram on a connected socket.
+    pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let cfg_high = self.config.high_water;
+        let cfg_max = self.config.max_write_queue;
+        let entry = live(&mut self.entries, id)?;
+        let c = match &mut entry.kind {
+            Kind::Conn(c) => c,
+            Kind::Dgram(_) => return self.send_dgram(id, data, None),
+            _ => return Err(Error::WrongKind),
+        };
+        if c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) != 0 {
+            return Err(Error::Closing);
+        }
+        if c.output.capacity() == 0 {
+            if let Some(buf) = self.pool.pop() {
+                c.output = buf;
+            }
+        }
+        c.output.extend_from_slice(data);
+        let queued = c.queued();
+        let newly_pending = c.flags & PENDING == 0;
+        c.flags |= PENDING;
+        if queued > cfg_high && c.flags & PAUSED == 0 {
+            if queued > cfg_max {
+                self.close(id, CloseReason::WriteQueueFull, true);
+                return Err(Error::QueueFull);
+            }
+            c.flags |= PAUSED;
+            self.notices.push_back(Notice::Backpressure(id, true));
+        } else if queued > cfg_max {
+            self.close(id, CloseReason::WriteQueueFull, true);
+            return Err(Error::QueueFull);
+        }
+        if newly_pending {
+            self.pending.push(id);
+        }
+        Ok(())
+    }
+
+    /// Sends a datagram, or queues it while the kernel refuses (bounded).
+    pub(crate) fn send_dgram(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+        to: Option<socket2::SockAddr>,
+    ) -> Result<(), Error> {
+        let limit = self.config.datagram_queue;
+        let Kind::Dgram(d) = &mut live(&mut self.entries, id)?.kind else {
+            return Err(Error::WrongKind);
+        };
+        if d.queue.is_empty() && !d.blocked {
+            match d.sock.send_to(data, to.as_ref()) {
+                Ok(_) => {
+                    self.stats.datagrams_sent += 1;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => d.blocked = true,
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        if d.queue.len() >= limit {
+            self.stats.datagrams_dropped += 1;
+            return Err(Error::Full);
+        }
+        d.queue.push_back((data.to_vec(), to));
+        Ok(())
+    }
+
+    /// Sends queued datagrams until the kernel refuses.
+    pub(crate) fn flush_dgram(&mut self, id: ConnId) {
+        let Ok(Entry {
+            kind: Kind::Dgram(d),
+            ..
+        }) = live(&mut self.entries, id)
+        else {
+            return;
+        };
+        d.blocked = false;
+        while let Some((data, to)) = d.queue.front() {
+            match d.sock.send_to(data, to.as_ref()) {
+                Ok(_) => self.stats.datagrams_sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    d.blocked = true;
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("datagram on {id} to {to:?} dropped: {e}");
+                    self.stats.datagrams_dropped += 1;
+                }
+            }
+            d.queue.pop_front();
+        }
+    }
+
+    /// Writes a connection's queue until it empties, the kernel refuses, or
+    /// the write budget is spent. Returns true if the queue emptied.
+    pub(crate) fn write_conn(&mut self, id: ConnId) -> bool {
+        let budget = self.config.write_budget;
+        let low = self.config.low_water;
+        let now = self.now;
+        let Some(c) = self.conn(id) else { return false };
+        let mut sent = 0;
+        let mut more = false;
+        while c.written < c.output.len() {
+            let end = c.output.len().min(c.written + (budget - sent));
+            match c.stream.send(&c.output[c.written..end]) {
+                Ok(n) => {
+                    c.written += n;
+                    sent += n;
+                    c.last_active = now;
+                    if sent >= budget {
+                        more = c.written < c.output.len();
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.flags |= BLOCKED;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.bytes_written += sent as u64;
+                    self.close(id, CloseReason::from_io(&e), true);
+                    return false;
+                }
+            }
+        }
+        self.stats.bytes_written += sent as u64;
+        let c = self.conn(id).expect("checked above");
+        let mut resumed = false;
+        if c.flags & PAUSED != 0 && c.queued() <= low {
+            c.flags &= !PAUSED;
+            resumed = true;
+        }
+        let empty = c.written == c.output.len();
+        if empty {
+            let buf = std::mem::take(&mut c.output);
+            c.written = 0;
+            let flags = c.flags;
+            let reason = c.close_reason;
+            if flags & SHUTDOWN != 0 && flags & WRITE_SHUT == 0 {
+                c.flags |= WRITE_SHUT;
+                if let Err(e) = shutdown_write(&c.stream) {
+                    log::debug!("shutdown {id}: {e}");
+                }
+            }
+            self.recycle(buf);
+            if flags & CLOSING != 0 {
+                self.close(id, reason, false);
+                return false;
+            }
+        } else if c.written > c.output.len() / 2 {
+            // Most of the buffer is sent: move the rest to the front, so the
+            // buffer does not grow without bound under a steady trickle.
+            let w = c.written;
+            c.output.drain(..w);
+            c.written = 0;
+        }
+        if resumed {
+            self.notices.push_back(Notice::Backpressure(id, false));
+            self.mark_ready(id);
+        }
+        if more {
+            self.mark_pending(id);
+        }
+        empty
+    }
+
+    /// Closes a socket now: deregistered, the fd closed (with RST when
+    /// `abort`), the slot left as a tombstone until the handler is told.
+    pub(crate) fn close(&mut self, id: ConnId, reason: CloseReason, abort: bool) -> bool {
+        let Ok(entry) = self.entry(id) else {
+            return false;
+        };
+        let kind = std::mem::replace(&mut entry.kind, Kind::Closed);
+        let registry = self.poll.registry();
+        let notify = match kind {
+            Kind::Conn(mut c) => {
+                let _ = registry.deregister(c.stream.source());
+                if abort {
+                    crate::sock::set_abortive(c.stream.as_fd());
+                }
+                if c.flags & COUNTED != 0 {
+                    self.stats.connections -= 1;
+                }
+                self.stats.closed += 1;
+                self.recycle(std::mem::take(&mut c.output));
+                if c.flags & CONNECTING != 0 {
+                    // Never opened: the handler hears of it as a failed connect.
+                    let err = io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        format!("connect abandoned: {reason:?}"),
+                    );
+                    self.notices.push_back(Notice::ConnectFailed(id, err));
+                    return true;
+                }
+                true
+            }
+            Kind::Listener { mut l, .. } => {
+                let _ = registry.deregister(l.source());
+                l.unlink();
+                false
+            }
+            Kind::Dgram(mut d) => {
+                let _ = registry.deregister(d.sock.source());
+                d.sock.unlink();
+                true
+            }
+            Kind::Fd(fd) => {
+                let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+                false
+            }
+            Kind::Closed => false,
+        };
+        self.notices.push_back(Notice::Closed(id, reason, notify));
+        true
+    }
+
+    /// Closes once the write queue is flushed.
+    pub(crate) fn close_graceful(&mut self, id: ConnId, reason: CloseReason) -> Result<(), Error> {
+        let entry = self.entry(id)?;
+        let Kind::Conn(c) = &mut entry.kind else {
+            self.close(id, reason, false);
+            return Ok(());
+        };
+        if c.flags & CLOSING != 0 {
+            return Ok(());
+        }
+        if c.flags & CONNECTING != 0 || c.queued() == 0 {
+            self.close(id, reason, false);
+            return Ok(());
+        }
+        c.flags |= CLOSING;
+        c.close_reason = reason;
+        self.mark_pending(id);
+        Ok(())
+    }
+
+    /// An outbound connect failed: the handler hears of it, not of a close.
+    pub(crate) fn fail_connect(&mut self, id: ConnId, err: io::Error) {
+        let Ok(entry) = self.entry(id) else { return };
+        if let Kind::Conn(mut c) = std::mem::replace(&mut entry.kind, Kind::Closed) {
+            let _ = self.poll.registry().deregister(c.stream.source());
+            self.recycle(std::mem::take(&mut c.output));
+        }
+        self.notices.push_back(Notice::ConnectFailed(id, err));
+    }
+
+    /// Makes sure the idle sweep runs often enough for `timeout`.
+    pub(crate) fn ensure_sweep(&mut self, timeout: Duration) {
+        let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if let Some((_, cur)) = self.sweep {
+            if cur <= tick {
+                return;
+            }
+        }
+        if let Some((old, _)) = self.sweep.take() {
+            self.timers.cancel(old);
+        }
+        let id = self
+            .timers
+            .insert(self.now + tick, Some(tick), TimerKind::IdleSweep);
+        self.sweep = Some((id, tick));
+    }
+
+    /// Closes every connection that made no progress for its idle timeout.
+    pub(crate) fn sweep_idle(&mut self, scratch: &mut Vec<ConnId>) {
+        let now = self.now;
+        scratch.clear();
+        for (key, e) in self.entries.iter() {
+            if let Kind::Conn(c) = &e.kind {
+                if let Some(t) = c.idle_timeout {
+                    if now.saturating_duration_since(c.last_active) >= t {
+                        scratch.push(ConnId::new(key as u32, e.gen));
+                    }
+                }
+            }
+        }
+        for &id in scratch.iter() {
+            let connecting = self.conn(id).is_some_and(|c| c.flags & CONNECTING != 0);
+            if connecting {
+                self.fail_connect(id, io::ErrorKind::TimedOut.into());
+            } else {
+                log::debug!("{id}: idle timeout");
+                self.close(id, CloseReason::IdleTimeout, true);
+            }
+        }
+    }
+
+    /// True while any stream connection is open.
+    pub(crate) fn has_streams(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, e)| matches!(e.kind, Kind::Conn(_)))
+    }
+
+    /// Every live id, for stop.
+    pub(crate) fn ids(&self, out: &mut Vec<ConnId>) {
+        out.clear();
+        out.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| !matches!(e.kind, Kind::Closed))
+                .map(|(k, e)| ConnId::new(k as u32, e.gen)),
+        );
+    }
+}
+
+/// The live entry an id names, borrowing only the slab.
+#[inline]
+pub(crate) fn live(entries: &mut Slab<Entry>, id: ConnId) -> Result<&mut Entry, Error> {
+    match entries.get_mut(id.key as usize) {
+        Some(e) if e.gen == id.gen && !matches!(e.kind, Kind::Closed) => Ok(e),
+        _ => Err(Error::Stale),
+    }
+}
+
+pub(crate) fn shutdown_write(s: &Stream) -> io::Result<()> {
+    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Socket files this loop created go with it, even without a graceful stop.
+        for (_, e) in self.entries.iter_mut() {
+            match &mut e.kind {
+                Kind::Listener { l, .. } => l.unlink(),
+                Kind::Dgram(d) => d.sock.unlink(),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,875 @@
+//! The event loop: polls, dispatches readiness to the handler, flushes.
+//!
+//! One turn of the loop:
+//! 1. deliver notices left by code that ran outside a callback;
+//! 2. flush every connection with queued output, one `send` each (Redis's
+//!    before-sleep write: replies produced in one turn go out together);
+//! 3. poll, with a zero timeout while the ready list is not empty, else
+//!    until the next timer;
+//! 4. read the clock once; dispatch each event; serve the ready list;
+//!    messages from other threads; due timers.
+//!
+//! **Edge-triggered readiness and budgets.** mio reports a socket once per
+//! change, so every read, accept and write loop runs until `WouldBlock`, or
+//! until a per-turn budget runs out. A socket cut off by its budget goes on
+//! the ready list, served in the next turn before the loop may block:
+//! without it, bytes already in the kernel would wait for an edge that never
+//! comes. A read shorter than the buffer is taken as draining the socket
+//! (when the peer has not hung up): data arriving later raises a new edge.
+//!
+//! **Stale events and deferred removal.** Tokens carry the slot's
+//! generation, so an event for a socket closed earlier in the same batch
+//! (whose slot may already be reused) is dropped. A socket closed inside a
+//! callback leaves a tombstone; its slot is freed, and `on_close` called,
+//! only after the callback returns.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use crate::core::{
+    Core, Entry, Kind, Notice, BLOCKED, CLOSING, CONNECTING, COUNTED, EOF, PAUSED, READY,
+};
+use crate::remote::Shared;
+use crate::sock::{self, Stream};
+use crate::timer::TimerKind;
+use crate::{
+    CloseReason, Config, ConnId, Context, Handle, Handler, ListenOptions, Ready, Stats, ToEndpoint,
+};
+
+const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// The loop's one read buffer: big enough for any UDP datagram.
+const READ_BUF: usize = 64 * 1024;
+/// Messages from other threads handled per turn, so a flood of them cannot
+/// starve sockets.
+const MESSAGE_BUDGET: usize = 4096;
+/// Datagrams read from one socket per turn.
+const DATAGRAM_BUDGET: usize = 64;
+
+/// A single-threaded event loop: one `mio::Poll`, the sockets it owns, and
+/// the handler it dispatches to.
+///
+/// # Examples
+/// An echo server on an ephemeral port, stopped by a timer:
+/// ```
+/// use std::time::Duration;
+/// use netloop::{ConnId, Context, EventLoop, Handler, TimerId};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Conn = ();
+///     type Msg = ();
+///     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+///         let _ = cx.send(id, data);
+///         data.len()
+///     }
+///     fn on_timer(&mut self, cx: &mut Context<'_>, _: TimerId) {
+///         cx.stop();
+///     }
+/// }
+///
+/// let mut event_loop = EventLoop::new(Echo)?;
+/// let listener = event_loop.listen("tcp://127.0.0.1:0")?;
+/// let addr = event_loop.context().local_addr(listener)?;
+/// event_loop.context().set_timer(Duration::from_millis(10));
+/// event_loop.run()?;
+/// # let _ = addr;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct EventLoop<H: Handler> {
+    core: Core,                   // the sockets, timers and limits callbacks reach
+    handler: H,                   // the user's handler
+    events: Events,               // readiness from the last poll
+    states: Vec<Option<H::Conn>>, // per-connection state, by slot
+    rbuf: Box<[u8]>,              // the one read buffer
+    rx: mpsc::Receiver<H::Msg>,   // messages from handles
+    tx: mpsc::Sender<H::Msg>,     // cloned into handles
+    signals: Option<signal_hook_mio::v1_0::Signals>, // SIGINT/SIGTERM, once asked for
+    scratch: Vec<ConnId>,         // reused id lists
+    blame: Option<ConnId>,        // the connection the running callback is about
+}
+
+impl<H: Handler> std::fmt::Debug for EventLoop<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("sockets", &self.core.entries.len())
+            .field("stats", &self.core.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// A loop with the default [`Config`].
+    ///
+    /// # Errors
+    /// The OS error from creating the poll or its waker.
+    pub fn new(handler: H) -> io::Result<EventLoop<H>> {
+        EventLoop::with_config(handler, Config::default())
+    }
+
+    /// A loop with the given limits.
+    ///
+    /// # Errors
+    /// The OS error from creating the poll or its waker.
+    pub fn with_config(handler: H, config: Config) -> io::Result<EventLoop<H>> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(Shared {
+            waker,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let events = Events::with_capacity(config.events_capacity.max(1));
+        Ok(EventLoop {
+            core: Core::new(poll, config, shared),
+            handler,
+            events,
+            states: Vec::new(),
+            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            rx,
+            tx,
+            signals: None,
+            scratch: Vec::new(),
+            blame: None,
+        })
+    }
+
+    /// A context for acting on the loop outside a callback: before `run`, or
+    /// between calls to `run_once`.
+    pub fn context(&mut self) -> Context<'_> {
+        Context {
+            core: &mut self.core,
+        }
+    }
+
+    /// Listens on an address string; see [`Context::listen`].
+    ///
+    /// # Errors
+    /// As [`Context::listen`].
+    pub fn listen(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
+        self.context().listen(addr)
+    }
+
+    /// Listens with options; see [`Context::listen_with`].
+    ///
+    /// # Errors
+    /// As [`Context::listen`].
+    pub fn listen_with(
+        &mut self,
+        addr: impl ToEndpoint,
+        opts: &ListenOptions,
+    ) -> io::Result<ConnId> {
+        self.context().listen_with(addr, opts)
+    }
+
+    /// Starts a connection; see [`Context::connect`].
+    ///
+    /// # Errors
+    /// As [`Context::connect`].
+    pub fn connect(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
+        self.context().connect(addr)
+    }
+
+    /// A handle for other threads: messages and stop.
+    pub fn handle(&self) -> Handle<H::Msg> {
+        Handle {
+            tx: self.tx.clone(),
+            shared: self.core.shared.clone(),
+        }
+    }
+
+    /// Stops gracefully on SIGINT or SIGTERM; a second one stops at once
+    /// (connections are reset, `run` returns). Installs the signal handlers
+    /// (through signal-hook), so the signals no longer kill the process.
+    ///
+    /// # Errors
+    /// The OS error from installing the handlers.
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if self.signals.is_none() {
+            let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+            self.core
+                .poll
+                .registry()
+                .register(&mut signals, SIGNALS, mio::Interest::READABLE)?;
+            self.signals = Some(signals);
+        }
+        Ok(())
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The handler, mutably.
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Runs until stopped (by [`Context::stop`], [`Handle::stop`] or a
+    /// signal) and the stop has finished.
+    ///
+    /// # Errors
+    /// The OS error if polling fails; socket errors go to the handler.
+    pub fn run(&mut self) -> io::Result<()> {
+        while self.run_once(None)? {}
+        Ok(())
+    }
+
+    /// One turn of the loop, waiting at most `timeout` for readiness (`None`:
+    /// until the next timer or event), for embedding in another loop.
+    /// Returns false once a stop has finished.
+    ///
+    /// # Errors
+    /// The OS error if polling fails.
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.guarded(|me| me.dispatch_notices());
+        self.flush_pending();
+        if self.core.stop_now || self.stop_finished() {
+            self.finish_stop();
+            return Ok(false);
+        }
+
+        let mut wait = self
+            .core
+            .timers
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(self.core.now));
+        if let Some(t) = timeout {
+            wait = Some(wait.map_or(t, |w| w.min(t)));
+        }
+        if !self.core.ready.is_empty()
+            || !self.core.pending.is_empty()
+            || !self.core.notices.is_empty()
+        {
+            wait = Some(Duration::ZERO);
+        }
+        self.core.stats.polls += 1;
+        if let Err(e) = self.core.poll.poll(&mut self.events, wait) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            self.events.clear();
+        }
+        self.core.now = Instant::now();
+
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            self.core.stats.events += 1;
+            match ev.token() {
+                WAKER => self.guarded(|me| me.drain_messages()),
+                SIGNALS => self.on_signal(),
+                token => {
+                    let id = ConnId::from_token(token);
+                    let readable = ev.is_readable() || ev.is_error() || ev.is_read_closed();
+                    let writable = ev.is_writable() || ev.is_error();
+                    let hup = ev.is_read_closed() || ev.is_error();
+                    self.blame = Some(id);
+                    self.guarded(|me| me.on_event(id, readable, writable, hup));
+                }
+            }
+        }
+        self.events = events;
+
+        if !self.core.ready.is_empty() {
+            let mut ready = std::mem::take(&mut self.core.ready);
+            for &id in &ready {
+                self.blame = Some(id);
+                self.guarded(|me| me.on_ready(id));
+            }
+            ready.clear();
+            if self.core.ready.is_empty() {
+                self.core.ready = ready;
+            }
+        }
+        if self.core.shared.notified.load(Ordering::Acquire)
+            || self.core.shared.stop.load(Ordering::Acquire)
+        {
+            self.guarded(|me| me.drain_messages());
+        }
+        self.fire_timers();
+        if self.core.stop_requested && self.core.stopping.is_none() {
+            self.begin_stop();
+        }
+        Ok(true)
+    }
+
+    /// Runs `f`, catching a panic from a callback when so configured: the
+    /// connection being served is closed with [`CloseReason::Panic`].
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        if !self.core.config.catch_panics {
+            f(self);
+            self.blame = None;
+            return;
+        }
+        let mut result = catch_unwind(AssertUnwindSafe(|| f(self)));
+        while let Err(payload) = result {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            self.core.stats.panics += 1;
+            match self.blame.take() {
+                Some(id) => {
+                    log::error!("panic in a callback for {id}: {msg}; closing it");
+                    self.core.close(id, CloseReason::Panic, true);
+                }
+                None => log::error!("panic in a callback: {msg}"),
+            }
+            // Deliver what the panic left queued; a panic in there is caught too.
+            result = catch_unwind(AssertUnwindSafe(|| self.dispatch_notices()));
+        }
+        self.blame = None;
+    }
+
+    fn on_event(&mut self, id: ConnId, readable: bool, writable: bool, hup: bool) {
+        let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
+            return;
+        };
+        if entry.gen != id.gen {
+            return; // a late event for a slot that was closed (and maybe reused)
+        }
+        match &mut entry.kind {
+            Kind::Conn(c) => {
+                if c.flags & CONNECTING != 0 {
+                    if readable || writable {
+                        self.finish_connect(id);
+                    }
+                    return;
+                }
+                if writable && c.flags & BLOCKED != 0 {
+                    c.flags &= !BLOCKED;
+                    self.core.mark_pending(id);
+                }
+                if readable {
+                    self.read_conn(id, hup);
+                }
+            }
+            Kind::Listener { .. } => self.accept(id),
+            Kind::Dgram(d) => {
+                if writable && d.blocked {
+                    self.core.flush_dgram(id);
+                }
+                if readable {
+                    self.read_dgram(id);
+                }
+            }
+            Kind::Fd(_) => {
+                let ready = Ready {
+                    readable,
+                    writable,
+                    closed: hup,
+                };
+                let mut cx = Context {
+                    core: &mut self.core,
+                };
+                self.handler.on_fd_ready(&mut cx, id, ready);
+                self.dispatch_notices();
+            }
+            Kind::Closed => {}
+        }
+    }
+
+    fn on_ready(&mut self, id: ConnId) {
+        match self.core.entries.get_mut(id.key as usize) {
+            Some(Entry { gen, kind }) if *gen == id.gen => match kind {
+                Kind::Conn(c) => {
+                    c.flags &= !READY;
+                    self.read_conn(id, false);
+                }
+                Kind::Listener { .. } => self.accept(id),
+                Kind::Dgram(_) => self.read_dgram(id),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Reads until `WouldBlock`, a short read, end of file, or the budget.
+    fn read_conn(&mut self, id: ConnId, hup: bool) {
+        let mut budget = self.core.config.read_budget;
+        loop {
+            let Some(c) = self.core.conn(id) else { return };
+            if c.flags & (EOF | PAUSED | CLOSING | CONNECTING) != 0 {
+                return;
+            }
+            let n = match c.stream.read(&mut self.rbuf) {
+                Ok(0) => {
+                    c.flags |= EOF;
+                    let state = state_of(&mut self.states, id);
+                    let mut cx = Context {
+                        core: &mut self.core,
+                    };
+                    self.handler.on_eof(&mut cx, id, state);
+                    self.dispatch_notices();
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.core.close(id, CloseReason::from_io(&e), true);
+                    self.dispatch_notices();
+                    return;
+                }
+            };
+            self.core.stats.bytes_read += n as u64;
+            self.deliver(id, n);
+            if n < self.rbuf.len() && !hup {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.core.mark_ready(id);
+                return;
+            }
+        }
+    }
+
+    /// Offers what was read (after what was left before) to `on_data`, and
+    /// keeps what the handler did not consume.
+    fn deliver(&mut self, id: ConnId, n: usize) {
+        let max_input = self.core.config.max_input;
+        let now = self.core.now;
+        let Some(c) = self.core.conn(id) else { return };
+        let state = state_of(&mut self.states, id);
+        if c.input.is_empty() {
+            // The common case: consume straight from the loop's buffer.
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            let used = self
+                .handler
+                .on_data(&mut cx, id, state, &self.rbuf[..n])
+                .min(n);
+            if let Some(c) = self.core.conn(id) {
+                if used > 0 {
+                    c.last_active = now;
+                }
+                if used < n {
+                    c.input.extend_from_slice(&self.rbuf[used..n]);
+                }
+            }
+        } else {
+            c.input.extend_from_slice(&self.rbuf[..n]);
+            let mut input = std::mem::take(&mut c.input);
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            let used = self
+                .handler
+                .on_data(&mut cx, id, state, &input)
+                .min(input.len());
+            if let Some(c) = self.core.conn(id) {
+                if used > 0 {
+                    c.last_active = now;
+                }
+                if used < input.len() {
+                    input.drain(..used);
+                    c.input = input; // an emptied buffer is dropped: idle connections hold none
+                }
+            }
+        }
+        if self
+            .core
+            .conn(id)
+            .is_some_and(|c| c.input.len() > max_input)
+        {
+            log::debug!("{id}: unconsumed input over {max_input} bytes");
+            self.core.close(id, CloseReason::InputTooLarge, true);
+        }
+        self.dispatch_notices();
+    }
+
+    fn finish_connect(&mut self, id: ConnId) {
+        let now = self.core.now;
+        let Some(c) = self.core.conn(id) else { return };
+        let res = match c.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match sock::addr_of(std::os::fd::AsFd::as_fd(&c.stream), true) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => Err(e),
+            },
+        };
+        match res {
+            Err(e) => self.core.fail_connect(id, e),
+            Ok(()) => {
+                c.flags = (c.flags & !CONNECTING) | COUNTED;
+                c.last_active = now;
+                let has_output = c.queued() > 0;
+                self.core.stats.connections += 1;
+                self.core.stats.connected += 1;
+                if has_output {
+                    self.core.mark_pending(id);
+                }
+                self.core.notices.push_back(Notice::Open(id));
+                self.core.mark_ready(id);
+            }
+        }
+        self.dispatch_notices();
+    }
+
+    fn accept(&mut self, id: ConnId) {
+        for _ in 0..self.core.config.accepts_per_turn {
+            let Ok(Entry {
+                kind: Kind::Listener { l, paused },
+                ..
+            }) = self.core.entry(id)
+            else {
+                return;
+            };
+            if *paused {
+                return;
+            }
+            match l.accept() {
+                Ok(stream) => self.open_accepted(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_fd_exhaustion(&e) => {
+                    *paused = true;
+                    self.core.stats.accept_errors += 1;
+                    let backoff = self.core.config.accept_backoff;
+                    let now = self.core.now;
+                    if self
+                        .core
+                        .emfile_logged
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.core.emfile_logged = Some(now);
+                        log::warn!("accept on {id}: {e}; pausing accepts for {backoff:?}");
+                    }
+                    self.core
+                        .timers
+                        .insert(now + backoff, None, TimerKind::AcceptRetry(id));
+                    return;
+                }
+                Err(e) => log::debug!("accept on {id}: {e}"), // ECONNABORTED and the like: next
+            }
+        }
+        // The budget ran out with connections perhaps still waiting.
+        self.core.mark_ready(id);
+    }
+
+    fn open_accepted(&mut self, stream: Stream) {
+        if let (Stream::Tcp(s), true) = (&stream, self.core.config.nodelay) {
+            let _ = s.set_nodelay(true);
+        }
+        let conn = crate::core::Conn::new(stream, 0, self.core.now, self.core.config.idle_timeout);
+        let id = match self.core.insert(Kind::Conn(conn)) {
+            Ok(id) => id,
+            Err(e) => {
+                log::warn!("registering an accepted connection: {e}");
+                return;
+            }
+        };
+        self.core.stats.accepted += 1;
+        self.blame = Some(id);
+        if self.core.stats.connections >= self.core.config.max_connections {
+            self.core.stats.refused += 1;
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            self.handler.on_refuse(&mut cx, id);
+            let _ = self.core.close_graceful(id, CloseReason::Refused);
+        } else {
+            self.core.stats.connections += 1;
+            if let Some(c) = self.core.conn(id) {
+                c.flags |= COUNTED;
+            }
+            let state = fresh_state(&mut self.states, id);
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            self.handler.on_open(&mut cx, id, state);
+        }
+        self.dispatch_notices();
+    }
+
+    fn read_dgram(&mut self, id: ConnId) {
+        for _ in 0..DATAGRAM_BUDGET {
+            let Ok(Entry {
+                kind: Kind::Dgram(d),
+                ..
+            }) = self.core.entry(id)
+            else {
+                return;
+            };
+            match d.sock.recv_from(&mut self.rbuf) {
+                Ok((n, from)) => {
+                    self.core.stats.datagrams_received += 1;
+                    let state = state_of(&mut self.states, id);
+                    let mut cx = Context {
+                        core: &mut self.core,
+                    };
+                    self.handler
+                        .on_datagram(&mut cx, id, state, &self.rbuf[..n], &from);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors (ECONNREFUSED on a connected socket) are
+                    // consumed by the failed read: report and carry on.
+                    let mut cx = Context {
+                        core: &mut self.core,
+                    };
+                    self.handler.on_error(&mut cx, id, e);
+                }
+            }
+            self.dispatch_notices();
+        }
+        self.core.mark_ready(id);
+    }
+
+    /// Flushes every connection with queued output (one `send` each). What
+    /// `on_drain` queues meanwhile waits for the next turn, whose poll will
+    /// not block.
+    fn flush_pending(&mut self) {
+        if self.core.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.core.pending);
+        for &id in &pending {
+            let Some(c) = self.core.conn(id) else {
+                continue;
+            };
+            c.flags &= !crate::core::PENDING;
+            if c.flags & (BLOCKED | CONNECTING) != 0 {
+                continue;
+            }
+            if self.core.write_conn(id) {
+                self.blame = Some(id);
+                self.guarded(|me| {
+                    let state = state_of(&mut me.states, id);
+                    let mut cx = Context { core: &mut me.core };
+                    me.handler.on_drain(&mut cx, id, state);
+                    me.dispatch_notices();
+                });
+            } else if !self.core.notices.is_empty() {
+                self.guarded(|me| me.dispatch_notices());
+            }
+        }
+        pending.clear();
+        if self.core.pending.is_empty() {
+            self.core.pending = pending;
+        }
+    }
+
+    /// Tells the handler what happened inside the last callback.
+    fn dispatch_notices(&mut self) {
+        while let Some(notice) = self.core.notices.pop_front() {
+            match notice {
+                Notice::Closed(id, reason, notify) => {
+                    let key = id.key as usize;
+                    if matches!(self.core.entries.get(key), Some(e) if e.gen == id.gen) {
+                        self.core.entries.remove(key);
+                    }
+                    let state = self.states.get_mut(key).and_then(Option::take);
+                    if notify {
+                        self.blame = None;
+                        let mut cx = Context {
+                            core: &mut self.core,
+                        };
+                        self.handler
+                            .on_close(&mut cx, id, state.unwrap_or_default(), reason);
+                    }
+                }
+                Notice::ConnectFailed(id, err) => {
+                    let key = id.key as usize;
+                    if matches!(self.core.entries.get(key), Some(e) if e.gen == id.gen) {
+                        self.core.entries.remove(key);
+                    }
+                    if let Some(s) = self.states.get_mut(key) {
+                        *s = None;
+                    }
+                    self.blame = None;
+                    let mut cx = Context {
+                        core: &mut self.core,
+                    };
+                    self.handler.on_connect_failed(&mut cx, id, err);
+                }
+                Notice::Open(id) => {
+                    if self.core.entry(id).is_ok() {
+                        self.blame = Some(id);
+                        let state = fresh_state(&mut self.states, id);
+                        let mut cx = Context {
+                            core: &mut self.core,
+                        };
+                        self.handler.on_open(&mut cx, id, state);
+                    }
+                }
+                Notice::Backpressure(id, paused) => {
+                    if self.core.conn(id).is_some() {
+                        self.blame = Some(id);
+                        let state = state_of(&mut self.states, id);
+                        let mut cx = Context {
+                            core: &mut self.core,
+                        };
+                        self.handler.on_backpressure(&mut cx, id, state, paused);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_messages(&mut self) {
+        let shared = self.core.shared.clone();
+        shared.notified.store(false, Ordering::SeqCst);
+        if shared.stop.swap(false, Ordering::AcqRel) {
+            self.core.stop_requested = true;
+        }
+        for _ in 0..MESSAGE_BUDGET {
+            let Ok(msg) = self.rx.try_recv() else { return };
+            self.core.stats.messages += 1;
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            self.handler.on_message(&mut cx, msg);
+            self.dispatch_notices();
+        }
+        // More may be waiting: come back next turn without blocking.
+        shared.notified.store(true, Ordering::SeqCst);
+        let _ = shared.waker.wake();
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.core.now;
+        while let Some((timer, kind)) = self.core.timers.pop_due(now) {
+            match kind {
+                TimerKind::User => {
+                    self.core.stats.timers_fired += 1;
+                    self.guarded(|me| {
+                        let mut cx = Context { core: &mut me.core };
+                        me.handler.on_timer(&mut cx, timer);
+                        me.dispatch_notices();
+                    });
+                }
+                TimerKind::AcceptRetry(id) => {
+                    if let Ok(Entry {
+                        kind: Kind::Listener { paused, .. },
+                        ..
+                    }) = self.core.entry(id)
+                    {
+                        *paused = false;
+                        self.guarded(|me| me.accept(id));
+                    }
+                }
+                TimerKind::IdleSweep => {
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    self.core.sweep_idle(&mut scratch);
+                    self.scratch = scratch;
+                    self.guarded(|me| me.dispatch_notices());
+                }
+                TimerKind::DrainDeadline => {
+                    if self.core.stopping.is_some() {
+                        log::info!("drain deadline passed: closing what is left");
+                        self.core.stop_now = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        for sig in signals.pending() {
+            if self.core.stopping.is_some() || self.core.stop_requested {
+                log::warn!("signal {sig} again: stopping now");
+                self.core.stop_now = true;
+            } else {
+                log::info!("signal {sig}: stopping gracefully (again to stop now)");
+                self.core.stop_requested = true;
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        let deadline = self.core.now + self.core.config.drain_timeout;
+        self.core.stopping = Some(deadline);
+        self.core
+            .timers
+            .insert(deadline, None, TimerKind::DrainDeadline);
+        self.guarded(|me| {
+            let mut cx = Context { core: &mut me.core };
+            me.handler.on_stop(&mut cx);
+        });
+        let mut ids = std::mem::take(&mut self.scratch);
+        self.core.ids(&mut ids);
+        for &id in &ids {
+            match self.core.entry(id).map(|e| &e.kind) {
+                Ok(Kind::Conn(c)) if c.flags & CONNECTING == 0 => {
+                    let _ = self.core.close_graceful(id, CloseReason::Shutdown);
+                }
+                Ok(_) => {
+                    self.core.close(id, CloseReason::Shutdown, true);
+                }
+                Err(_) => {}
+            }
+        }
+        self.scratch = ids;
+        self.guarded(|me| me.dispatch_notices());
+    }
+
+    fn stop_finished(&self) -> bool {
+        self.core.stopping.is_some() && !self.core.has_streams()
+    }
+
+    /// Closes whatever is left and resets the stop state, so the loop could
+    /// be used again.
+    fn finish_stop(&mut self) {
+        if self.core.stopping.is_none() {
+            self.begin_stop();
+        }
+        let mut ids = std::mem::take(&mut self.scratch);
+        self.core.ids(&mut ids);
+        for &id in &ids {
+            self.core.close(id, CloseReason::Shutdown, true);
+        }
+        self.scratch = ids;
+        self.guarded(|me| me.dispatch_notices());
+        self.core.stopping = None;
+        self.core.stop_requested = false;
+        self.core.stop_now = false;
+    }
+}
+
+/// The state of a connection, created on first use.
+#[inline]
+fn state_of<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    let k = id.key as usize;
+    if k >= states.len() {
+        states.resize_with(k + 1, || None);
+    }
+    states[k].get_or_insert_with(S::default)
+}
+
+/// A new connection's state, replacing anything a previous occupant of the
+/// slot left.
+fn fresh_state<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    let k = id.key as usize;
+    if k >= states.len() {
+        states.resize_with(k + 1, || None);
+    }
+    states[k].insert(S::default())
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

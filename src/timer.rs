@@ -1,0 +1,192 @@
+//! Timers: a min-heap of deadlines over a slab of timer slots.
+//!
+//! Cancelling removes the slot; its heap entry stays behind and is skipped
+//! when it reaches the top (the slot is gone, or its generation moved on).
+//! The heap is rebuilt when such dead entries outnumber the live ones.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::{ConnId, TimerId};
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TimerKind {
+    /// A user's timer: `on_timer` fires.
+    User,
+    /// Accepting on a listener paused after EMFILE; try again.
+    AcceptRetry(ConnId),
+    /// Look for idle connections.
+    IdleSweep,
+    /// A graceful stop's drain deadline.
+    DrainDeadline,
+}
+
+struct Slot {
+    gen: u32,                 // matches TimerId::gen while the timer is live
+    deadline: Instant,        // when it fires next
+    period: Option<Duration>, // Some for a periodic timer
+    kind: TimerKind,          // what firing means
+}
+
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64, u32, u32)>>, // (deadline, seq, slot, gen)
+    slots: Slab<Slot>,                                   // live timers
+    seq: u64,                                            // ties fire in the order set
+    gen: u32,                                            // next generation
+}
+
+impl Timers {
+    pub(crate) fn new() -> Timers {
+        Timers {
+            heap: BinaryHeap::new(),
+            slots: Slab::new(),
+            seq: 0,
+            gen: 0,
+        }
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        deadline: Instant,
+        period: Option<Duration>,
+        kind: TimerKind,
+    ) -> TimerId {
+        self.gen = self.gen.wrapping_add(1);
+        let gen = self.gen;
+        let slot = self.slots.insert(Slot {
+            gen,
+            deadline,
+            period,
+            kind,
+        }) as u32;
+        self.push(deadline, slot, gen);
+        TimerId { slot, gen }
+    }
+
+    fn push(&mut self, deadline: Instant, slot: u32, gen: u32) {
+        self.seq += 1;
+        self.heap.push(Reverse((deadline, self.seq, slot, gen)));
+        if self.heap.len() > 64 && self.heap.len() > 2 * self.slots.len() {
+            self.rebuild();
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let slots = &self.slots;
+        self.heap.retain(|Reverse((d, _, s, g))| {
+            slots
+                .get(*s as usize)
+                .is_some_and(|slot| slot.gen == *g && slot.deadline == *d)
+        });
+    }
+
+    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
+        match self.slots.get(id.slot as usize) {
+            Some(s) if s.gen == id.gen => {
+                self.slots.remove(id.slot as usize);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn is_live(&self, d: Instant, s: u32, g: u32) -> bool {
+        self.slots
+            .get(s as usize)
+            .is_some_and(|slot| slot.gen == g && slot.deadline == d)
+    }
+
+    /// The earliest live deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((d, _, s, g))) = self.heap.peek().copied() {
+            if self.is_live(d, s, g) {
+                return Some(d);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// The next timer due at `now`, if any; a periodic one is set again.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerKind)> {
+        while let Some(Reverse((d, _, s, g))) = self.heap.peek().copied() {
+            if d > now {
+                return None;
+            }
+            self.heap.pop();
+            if !self.is_live(d, s, g) {
+                continue;
+            }
+            let slot = &mut self.slots[s as usize];
+            let kind = slot.kind;
+            match slot.period {
+                Some(p) => {
+                    // Keep the phase; if the loop fell a whole period behind,
+                    // skip the missed ticks rather than firing them in a burst.
+                    let mut next = d + p;
+                    if next <= now {
+                        next = now + p;
+                    }
+                    slot.deadline = next;
+                    self.push(next, s, g);
+                }
+                None => {
+                    self.slots.remove(s as usize);
+                }
+            }
+            return Some((TimerId { slot: s, gen: g }, kind));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fire_in_deadline_order_and_skip_cancelled() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        let c = t.insert(t0 + Duration::from_millis(3), None, TimerKind::User);
+        let b = t.insert(t0 + Duration::from_millis(2), None, TimerKind::User);
+        let a = t.insert(t0 + Duration::from_millis(1), None, TimerKind::User);
+        assert!(t.cancel(b));
+        assert!(!t.cancel(b));
+        let now = t0 + Duration::from_millis(10);
+        assert_eq!(t.pop_due(now).map(|x| x.0), Some(a));
+        assert_eq!(t.pop_due(now).map(|x| x.0), Some(c));
+        assert!(t.pop_due(now).is_none());
+        assert!(!t.cancel(a), "a fired timer cannot be cancelled");
+    }
+
+    #[test]
+    fn periodic_keeps_its_phase() {
+        let t0 = Instant::now();
+        let p = Duration::from_millis(10);
+        let mut t = Timers::new();
+        let id = t.insert(t0 + p, Some(p), TimerKind::User);
+        assert_eq!(
+            t.pop_due(t0 + Duration::from_millis(12)).map(|x| x.0),
+            Some(id)
+        );
+        assert_eq!(t.next_deadline(), Some(t0 + 2 * p));
+        assert!(t.cancel(id));
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn dead_entries_do_not_pile_up() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        for i in 0..10_000 {
+            let id = t.insert(t0 + Duration::from_millis(i), None, TimerKind::User);
+            t.cancel(id);
+        }
+        assert!(t.heap.len() <= 130, "{}", t.heap.len());
+    }
+}
