@@ -40,7 +40,10 @@ pub struct Detached {
     pub socket: StdSocket,
     /// Bytes queued with `send` that the kernel had not yet taken.
     pub unsent: Vec<u8>,
-    /// Bytes read from the socket that the handler had not consumed.
+    /// Bytes read from the socket that the handler had not consumed. When
+    /// detaching from inside [`on_data`](crate::Handler::on_data), that call's
+    /// `data` already holds everything read and not consumed, so this is
+    /// empty: keep what you need of `data`.
     pub unread: Vec<u8>,
 }
 

@@ -213,6 +213,11 @@ impl<H: Handler> EventLoop<H> {
         &mut self.handler
     }
 
+    /// Consumes the loop, returning the handler.
+    pub fn into_handler(self) -> H {
+        self.handler
+    }
+
     /// The loop's counters.
     pub fn stats(&self) -> &Stats {
         &self.core.stats

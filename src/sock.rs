@@ -301,7 +301,6 @@ pub fn listen_fds() -> Vec<OwnedFd> {
 
 /// How to listen: the options of [`Context::listen_with`](crate::Context::listen_with).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ListenOptions {
     /// The listen backlog; `None` takes [`Config::backlog`](crate::Config::backlog).
     pub backlog: Option<i32>,
