@@ -592,11 +592,13 @@ fn summary(o: &Outcome) -> String {
     }
     s.push('\n');
     if o.saturated() {
+        let both = o.server_cpu.is_some_and(|c| c >= 90.0);
         let _ = writeln!(
             s,
-            "  warning: the load generator was saturated ({:.0}% CPU): these figures measure the client, \
-             not the server; add --threads or use another machine",
-            o.client_cpu_max
+            "  warning: the load generator was saturated ({:.0}% CPU){}: these figures may measure the \
+             client, not the server; add --threads, or run the server elsewhere",
+            o.client_cpu_max,
+            if both { ", and so was the server: this is the pair's limit on this machine" } else { "" }
         );
     }
     if o.failed_connects > 0 {
@@ -758,7 +760,6 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
     );
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
-    let mut saturated = false;
     for c in &cases {
         let args = Args {
             addr: None,
@@ -779,9 +780,8 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         match run(&args, limit, false) {
             Ok(o) => {
                 let l = &o.latency;
-                saturated |= o.saturated();
                 println!(
-                    "{:<20} {:>6} {:>6} {:>5} {:>12} {:>9.2} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>4.0}{}",
+                    "{:<20} {:>6} {:>6} {:>5} {:>12} {:>9.2} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>4.0}{} {:>5.0}",
                     c.name,
                     c.connections,
                     c.size,
@@ -794,7 +794,8 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
                     l.max,
                     o.errors.total(),
                     o.client_cpu,
-                    if o.saturated() { "!" } else { "" }
+                    if o.saturated() { "!" } else { " " },
+                    o.server_cpu.unwrap_or(0.0)
                 );
             }
             Err(e) => println!(
@@ -806,10 +807,9 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
     }
     println!(
         "\nmsg/s: round trips per second (\"c\": connections per second, each one connect + one round trip + close).\n\
-         cpu%: the load thread's CPU use; \"!\" marks a saturated generator (then the row measures the client)."
+         cli%, srv%: CPU use of the load thread and of the echo server thread, % of one core;\n\
+         \"!\": the generator was saturated, so the row is a limit of this machine (client and\n\
+         server together), not of the server alone; `--threads` and a remote --addr lift it."
     );
-    if saturated {
-        println!("Rows marked \"!\" had a saturated generator: on this machine the client, not the server, set the pace.");
-    }
     Ok(())
 }
