@@ -36,6 +36,7 @@ use client::{Errors, Plan, Report};
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "load",
+    bin_name = "cargo bench --bench load --",
     after_help = "Examples:\n  \
       cargo bench --bench load                                   # the suite\n  \
       cargo bench --bench load -- --connections 50 --size 512    # in-process netloop echo\n  \
@@ -86,7 +87,7 @@ struct Args {
     /// Connection churn: each connection connects, makes one round trip and
     /// closes (with a reset, leaving no TIME_WAIT), then the next one starts.
     /// Reported as connections per second; latency includes the connect.
-    #[arg(long, conflicts_with_all = ["rate"])]
+    #[arg(long, conflicts_with_all = ["rate", "depth"])]
     churn: bool,
 
     /// Seconds measured.
@@ -592,14 +593,20 @@ fn summary(o: &Outcome) -> String {
     }
     s.push('\n');
     if o.saturated() {
-        let both = o.server_cpu.is_some_and(|c| c >= 90.0);
-        let _ = writeln!(
-            s,
-            "  warning: the load generator was saturated ({:.0}% CPU){}: these figures may measure the \
-             client, not the server; add --threads, or run the server elsewhere",
-            o.client_cpu_max,
-            if both { ", and so was the server: this is the pair's limit on this machine" } else { "" }
-        );
+        let _ = match o.server_cpu.filter(|&c| c >= 90.0) {
+            Some(srv) => writeln!(
+                s,
+                "  warning: client ({:.0}% CPU) and server ({srv:.0}%) were both saturated: this is the \
+                 limit of the pair on this machine, not of the server alone",
+                o.client_cpu_max
+            ),
+            None => writeln!(
+                s,
+                "  warning: the load generator was saturated ({:.0}% CPU): these figures measure the \
+                 client, not the server; add --threads, or run the server elsewhere",
+                o.client_cpu_max
+            ),
+        };
     }
     if o.failed_connects > 0 {
         let _ = writeln!(
@@ -744,7 +751,7 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         base.threads
     );
     let header = format!(
-        "{:<20} {:>6} {:>6} {:>5} {:>12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5}",
+        "{:<20} {:>6} {:>6} {:>5} {:>12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>5}",
         "case",
         "conns",
         "bytes",
@@ -756,7 +763,8 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         "p99.9",
         "max us",
         "errors",
-        "cpu%"
+        "cli%",
+        "srv%"
     );
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
