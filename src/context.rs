@@ -103,7 +103,10 @@ impl<'a> Context<'a> {
     ///
     /// # Errors
     /// Only for a bad address or a socket that could not be made; a refused
-    /// or unreachable peer is reported to the handler instead.
+    /// or unreachable peer is reported to the handler instead. A Unix stream
+    /// connect completes or fails at once; one to a listener whose backlog is
+    /// full fails with `WouldBlock` (EAGAIN), as the kernel reports it: retry
+    /// later if that suits the protocol.
     pub fn connect(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
         let ep = addr.to_endpoint()?;
         let (out, err) = sock::connect(&ep, self.core.config.nodelay)?;
@@ -341,6 +344,12 @@ impl<'a> Context<'a> {
     /// Sets a one-shot timer: [`Handler::on_timer`](crate::Handler::on_timer)
     /// fires after `delay` with the returned id. Timers due at the same time
     /// fire in the order they were set.
+    ///
+    /// # Resolution
+    /// The loop sleeps in epoll, whose timeout is whole milliseconds (rounded
+    /// up), so a timer fires no earlier than asked and, on an idle loop, up to
+    /// a millisecond later. For finer pacing register a timerfd with
+    /// [`register_fd`](Context::register_fd).
     pub fn set_timer(&mut self, delay: Duration) -> TimerId {
         let at = Instant::now() + delay;
         self.core.timers.insert(at, None, TimerKind::User)

@@ -213,6 +213,16 @@ impl<H: Handler> EventLoop<H> {
         &mut self.handler
     }
 
+    /// The handler and a context at once, for set-up that needs both.
+    pub fn parts(&mut self) -> (&mut H, Context<'_>) {
+        (
+            &mut self.handler,
+            Context {
+                core: &mut self.core,
+            },
+        )
+    }
+
     /// Consumes the loop, returning the handler.
     pub fn into_handler(self) -> H {
         self.handler
