@@ -37,6 +37,12 @@ pub struct Config {
     pub write_budget: usize,
     /// Write queue size above which reading from the connection pauses
     /// (default 1 MiB); [`Handler::on_backpressure`](crate::Handler::on_backpressure) hears of it.
+    ///
+    /// Pausing is right for a server answering requests (a client that does
+    /// not read its replies stops being read), but two peers that both send
+    /// more than they read — a client streaming a file into an echo server,
+    /// say — can pause each other for good. Such a client sets this to
+    /// `usize::MAX` and throttles its own source instead.
     pub high_water: usize,
     /// Write queue size at or below which paused reading resumes (default 256 KiB).
     pub low_water: usize,

@@ -32,9 +32,10 @@ pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
 
 /// Output buffers kept for reuse, so that a steady stream of messages does
 /// not allocate, while an idle connection holds none.
-const POOL_MAX: usize = 256;
-/// Buffers larger than this are freed, not pooled.
-const POOL_BUF_MAX: usize = 64 * 1024;
+const POOL_MAX: usize = 32;
+/// Buffers larger than this are freed, not pooled: the pool holds at most
+/// 256 KiB, so memory a burst grew is given back once it drains.
+const POOL_BUF_MAX: usize = 8 * 1024;
 
 /// A stream connection.
 pub(crate) struct Conn {
@@ -417,6 +418,8 @@ impl Core {
                 let _ = registry.deregister(c.stream.source());
                 if abort {
                     crate::sock::set_abortive(c.stream.as_fd());
+                } else {
+                    linger_close(&mut c.stream);
                 }
                 if c.flags & COUNTED != 0 {
                     self.stats.connections -= 1;
@@ -518,9 +521,12 @@ impl Core {
             let connecting = self.conn(id).is_some_and(|c| c.flags & CONNECTING != 0);
             if connecting {
                 self.fail_connect(id, io::ErrorKind::TimedOut.into());
+            } else if self.conn(id).is_some_and(|c| c.flags & CLOSING != 0) {
+                // Already closing and still no progress: the peer does not read.
+                self.close(id, CloseReason::IdleTimeout, true);
             } else {
                 log::debug!("{id}: idle timeout");
-                self.close(id, CloseReason::IdleTimeout, true);
+                let _ = self.close_graceful(id, CloseReason::IdleTimeout);
             }
         }
     }
@@ -550,6 +556,21 @@ pub(crate) fn live(entries: &mut Slab<Entry>, id: ConnId) -> Result<&mut Entry, 
     match entries.get_mut(id.key as usize) {
         Some(e) if e.gen == id.gen && !matches!(e.kind, Kind::Closed) => Ok(e),
         _ => Err(Error::Stale),
+    }
+}
+
+/// Before a graceful close: send FIN, then discard what the peer already
+/// sent. Closing a socket with unread input makes the kernel send RST, which
+/// can destroy replies still in flight to the peer (the reason for nginx's
+/// lingering close); this bounded drain removes the common case.
+fn linger_close(s: &mut Stream) {
+    let _ = shutdown_write(s);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
     }
 }
 

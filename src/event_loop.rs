@@ -525,7 +525,8 @@ impl<H: Handler> EventLoop<H> {
             Ok(()) => {
                 c.flags = (c.flags & !CONNECTING) | COUNTED;
                 c.last_active = now;
-                let has_output = c.queued() > 0;
+                // Output queued, or a shutdown asked for, while connecting.
+                let has_output = c.queued() > 0 || c.flags & crate::core::SHUTDOWN != 0;
                 self.core.stats.connections += 1;
                 self.core.stats.connected += 1;
                 if has_output {
