@@ -314,9 +314,10 @@ impl Handler for Echo {
     }
 }
 
-/// The client example's binary, which `cargo test` builds before it runs
-/// integration tests: target/debug/examples/client, next to this test's
-/// target/debug/deps/.
+/// The client example's binary, which a plain `cargo test` builds before it
+/// runs integration tests: target/debug/examples/client, next to this test's
+/// target/debug/deps/. (`cargo test --test chat` alone does not rebuild
+/// examples: run `cargo build --examples` first.)
 fn client_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();

@@ -13,11 +13,12 @@
 //!   told why, disconnected, and the others hear `left (line too long)`.
 //!   Dropping the line and going on would need a "skip to the next newline"
 //!   state per client for no real user's benefit.
-//! - **Idle clients.** [`config`] sets [`Config::idle_timeout`]: a client that
-//!   neither sends a line nor reads what it is sent for that long is
-//!   disconnected (the loop resets it, so no goodbye reaches it) and the
-//!   others hear `left (timed out)`. A client quietly reading a busy room is
-//!   not idle.
+//! - **Idle clients.** [`config`] sets [`Config::idle_timeout`]: a client
+//!   whose connection makes no progress for that long (it sends no complete
+//!   line, and nothing sent to it is delivered) is disconnected and the
+//!   others hear `left (timed out)`. The loop resets the connection, so no
+//!   goodbye reaches the client. A client quietly reading a busy room is
+//!   not idle; in a silent room, every silent client is.
 //! - **Clients that stop reading.** Messages wait in each client's write
 //!   queue until its kernel buffers take them. [`config`] caps that queue at
 //!   [`MAX_BACKLOG`]: the `send` that would pass it drops the client at once
@@ -117,6 +118,7 @@ impl Handler for ChatServer {
             match line {
                 Ok(line) => self.room.line(id, line, &mut self.outputs),
                 Err(_too_long) => {
+                    // The line, or the unfinished tail, passed the maximum.
                     let max = self.codec.max();
                     let why = format!("! line too long (at most {max} bytes): goodbye\n");
                     let _ = cx.send(id, why.as_bytes());
@@ -124,8 +126,8 @@ impl Handler for ChatServer {
                     self.room.leave(id, Reason::LineTooLong, &mut self.outputs);
                 }
             }
-            // Deliver before the next line: a broadcast goes to the members
-            // of the moment, and a `/quit` must stop what follows it.
+            // Deliver before the next line, as the room requires: a
+            // broadcast goes to the members of the moment.
             self.deliver(cx);
         }
         // Complete lines are consumed; a partial one waits for the rest.
