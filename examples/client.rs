@@ -189,8 +189,12 @@ impl Handler for Client {
         if Some(id) != self.server {
             return;
         }
-        if !matches!(reason, CloseReason::PeerClosed | CloseReason::Closed) {
-            let why = format!("connection lost: {reason:?}");
+        let why = match reason {
+            CloseReason::PeerClosed | CloseReason::Closed => None,
+            CloseReason::Shutdown => Some("interrupted".to_owned()), // Ctrl-C
+            reason => Some(format!("connection lost: {reason:?}")),
+        };
+        if let Some(why) = why {
             self.failure.get_or_insert(why);
         }
         cx.stop();
@@ -286,6 +290,9 @@ fn run(url: &str) -> Result<(), String> {
         EventLoop::with_config(Client::default(), config).map_err(|e| e.to_string())?;
     event_loop.handler_mut().handle = Some(event_loop.handle());
     event_loop.connect(url).map_err(|e| e.to_string())?;
+    // Ctrl-C stops the loop rather than the process, so stdin's mode is
+    // restored on the way out.
+    event_loop.stop_on_signals().map_err(|e| e.to_string())?;
     event_loop.run().map_err(|e| e.to_string())?;
     match event_loop.handler_mut().failure.take() {
         Some(why) => Err(why),

@@ -29,8 +29,8 @@ struct Args {
     /// Repeatable. [default: tcp://127.0.0.1:7001]
     #[arg(long = "listen", value_name = "URL")]
     listen: Vec<String>,
-    /// Disconnect a client that neither sends nor reads for this long
-    /// (0: never).
+    /// Disconnect a client when no line came from it and nothing sent to it
+    /// was delivered for this long (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     idle_timeout: u64,
     /// Disconnect a client that sends a longer line, in bytes.
