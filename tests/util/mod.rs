@@ -30,6 +30,14 @@ impl<H: Handler> Server<H> {
         self.addrs[0].as_inet().expect("an IP listener")
     }
 
+    /// The port of the `i`th listener, for a `tcp://…:0` URL.
+    pub fn port(&self, i: usize) -> u16 {
+        self.addrs[i]
+            .as_inet()
+            .expect("not an inet listener")
+            .port()
+    }
+
     /// Stops the loop gracefully and returns the handler.
     pub fn stop(mut self) -> H {
         self.handle.stop();
@@ -52,6 +60,9 @@ impl<H: Handler> Drop for Server<H> {
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.handle.stop();
+            if !std::thread::panicking() {
+                self.join();
+            }
         }
     }
 }
@@ -62,10 +73,20 @@ where
     H: Handler + Send + 'static,
     F: FnOnce() -> H + Send + 'static,
 {
+    serve_loop(move || EventLoop::with_config(make(), config), urls)
+}
+
+/// Starts the loop `make` builds (on the loop's own thread) and listens on
+/// every url.
+pub fn serve_loop<H, F>(make: F, urls: &[&str]) -> Server<H>
+where
+    H: Handler + Send + 'static,
+    F: FnOnce() -> io::Result<EventLoop<H>> + Send + 'static,
+{
     let urls: Vec<String> = urls.iter().map(|s| s.to_string()).collect();
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let mut event_loop = EventLoop::with_config(make(), config).expect("loop");
+        let mut event_loop = make().expect("loop");
         let mut addrs = Vec::new();
         let mut ids = Vec::new();
         for url in &urls {
@@ -84,6 +105,31 @@ where
         handle,
         thread: Some(thread),
     }
+}
+
+/// Ends the whole test process if the returned guard is still alive after
+/// `limit`: a hang fails fast instead of stalling the suite.
+pub fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("watchdog: {name} still running after {limit:?}, aborting");
+            std::process::exit(101);
+        }
+    });
+    Watchdog(tx)
+}
+
+/// Disarms its watchdog when dropped.
+pub struct Watchdog(mpsc::Sender<()>);
+
+/// A fresh path in the temp directory for a Unix socket, unique to this
+/// process and call.
+pub fn socket_path(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("netloop-{tag}-{}-{n}.sock", std::process::id()))
 }
 
 /// Echoes every byte and every datagram.
