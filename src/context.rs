@@ -4,6 +4,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::clock;
+
 use mio::Interest;
 use socket2::SockRef;
 
@@ -333,7 +335,7 @@ impl<'a> Context<'a> {
         let Kind::Conn(c) = &mut self.core.entry(id)?.kind else {
             return Err(Error::WrongKind);
         };
-        c.idle_timeout = timeout;
+        c.idle_ns = timeout.map_or(0, |d| clock::nanos(d).max(1));
         c.last_active = now;
         if let Some(t) = timeout {
             self.core.ensure_sweep(t);
@@ -351,7 +353,7 @@ impl<'a> Context<'a> {
     /// a millisecond later. For finer pacing register a timerfd with
     /// [`register_fd`](Context::register_fd).
     pub fn set_timer(&mut self, delay: Duration) -> TimerId {
-        let at = Instant::now() + delay;
+        let at = clock::now().saturating_add(clock::nanos(delay));
         self.core.timers.insert(at, None, TimerKind::User)
     }
 
@@ -359,7 +361,7 @@ impl<'a> Context<'a> {
     /// a whole period behind, missed ticks are skipped, not fired in a burst.
     pub fn set_interval(&mut self, period: Duration) -> TimerId {
         let period = period.max(Duration::from_micros(1));
-        let at = Instant::now() + period;
+        let at = clock::now().saturating_add(clock::nanos(period));
         self.core.timers.insert(at, Some(period), TimerKind::User)
     }
 
@@ -391,7 +393,6 @@ impl<'a> Context<'a> {
                     self.core.stats.connections -= 1;
                 }
                 let unsent = c.output[c.written..].to_vec();
-                self.core.recycle(std::mem::take(&mut c.output));
                 (c.stream.into_std(), unsent, c.input, true)
             }
             Kind::Listener { mut l, .. } => {
@@ -511,7 +512,7 @@ impl<'a> Context<'a> {
     /// The time the loop read after its last poll: cheap, and the same for
     /// every callback in one turn.
     pub fn now(&self) -> Instant {
-        self.core.now
+        self.core.epoch.instant(self.core.now)
     }
 
     /// The loop's counters.

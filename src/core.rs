@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::{Interest, Poll};
 use slab::Slab;
@@ -30,27 +30,26 @@ pub(crate) const READY: u16 = 1 << 7; // in `Core::ready`
 pub(crate) const BLOCKED: u16 = 1 << 8; // the kernel refused a write: wait for WRITABLE
 pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
 
-/// Output buffers kept for reuse, so that a steady stream of messages does
-/// not allocate, while an idle connection holds none.
-const POOL_MAX: usize = 32;
-/// Buffers larger than this are freed, not pooled: the pool holds at most
-/// 256 KiB, so memory a burst grew is given back once it drains.
-const POOL_BUF_MAX: usize = 8 * 1024;
+/// An emptied output buffer up to this capacity stays with its connection,
+/// so a steady stream of messages does not allocate; a larger one (grown by a
+/// burst) is freed as soon as it drains. The idle sweep frees the small ones
+/// of connections that went quiet, so an idle connection holds no buffer.
+const KEEP_BUF: usize = 8 * 1024;
 
 /// A stream connection.
 pub(crate) struct Conn {
-    pub(crate) stream: Stream,                 // the socket
-    pub(crate) input: Vec<u8>,                 // unconsumed input; no allocation while empty
-    pub(crate) output: Vec<u8>,                // queued output; `output[written..]` is unsent
-    pub(crate) written: usize,                 // bytes of `output` already sent
-    pub(crate) flags: u16,                     // CONNECTING, CLOSING, …
-    pub(crate) close_reason: CloseReason,      // the reason a graceful close will report
-    pub(crate) last_active: Instant,           // last progress, for the idle timeout
-    pub(crate) idle_timeout: Option<Duration>, // this connection's idle timeout
+    pub(crate) stream: Stream,            // the socket
+    pub(crate) input: Vec<u8>,            // unconsumed input; no allocation while empty
+    pub(crate) output: Vec<u8>,           // queued output; `output[written..]` is unsent
+    pub(crate) written: usize,            // bytes of `output` already sent
+    pub(crate) flags: u16,                // CONNECTING, CLOSING, …
+    pub(crate) close_reason: CloseReason, // the reason a graceful close will report
+    pub(crate) last_active: u64,          // last progress (loop clock, ns), for the idle timeout
+    pub(crate) idle_ns: u64,              // this connection's idle timeout in ns; 0: none
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, flags: u16, now: Instant, idle: Option<Duration>) -> Conn {
+    pub(crate) fn new(stream: Stream, flags: u16, now: u64, idle: Option<Duration>) -> Conn {
         Conn {
             stream,
             input: Vec::new(),
@@ -59,7 +58,7 @@ impl Conn {
             flags,
             close_reason: CloseReason::Closed,
             last_active: now,
-            idle_timeout: idle,
+            idle_ns: idle.map_or(0, |d| crate::clock::nanos(d).max(1)),
         }
     }
 
@@ -110,17 +109,17 @@ pub(crate) struct Core {
     pub(crate) timers: Timers,                     // user and internal timers
     pub(crate) config: Config,                     // limits
     pub(crate) stats: Stats,                       // counters
-    pub(crate) now: Instant,                       // read once per turn, after polling
+    pub(crate) now: u64, // the loop clock (ns), read once per turn after polling
+    pub(crate) epoch: crate::clock::Epoch, // converts the loop clock to Instants
     pub(crate) pending: Vec<ConnId>, // sockets with output to flush before the next poll
-    pub(crate) ready: Vec<ConnId>,   // sockets to read again before blocking (budget cut, resumed)
+    pub(crate) ready: Vec<ConnId>, // sockets to read again before blocking (budget cut, resumed)
     pub(crate) notices: VecDeque<Notice>, // for the handler, after the current callback
-    pub(crate) pool: Vec<Vec<u8>>,   // spare output buffers
     pub(crate) stop_requested: bool, // stop asked for; the dispatcher begins it
-    pub(crate) stopping: Option<Instant>, // a graceful stop's drain deadline
-    pub(crate) stop_now: bool,       // stop at once: abort what is left
+    pub(crate) stopping: Option<u64>, // a graceful stop's drain deadline
+    pub(crate) stop_now: bool, // stop at once: abort what is left
     pub(crate) sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
-    pub(crate) emfile_logged: Option<Instant>, // last EMFILE warning, to log at most once a second
-    pub(crate) shared: Arc<Shared>,  // the waker and flags shared with handles
+    pub(crate) emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
+    pub(crate) shared: Arc<Shared>, // the waker and flags shared with handles
 }
 
 impl Core {
@@ -132,11 +131,11 @@ impl Core {
             timers: Timers::new(),
             config,
             stats: Stats::default(),
-            now: Instant::now(),
+            now: crate::clock::now(),
+            epoch: crate::clock::Epoch::new(),
             pending: Vec::with_capacity(64),
             ready: Vec::new(),
             notices: VecDeque::new(),
-            pool: Vec::new(),
             stop_requested: false,
             stopping: None,
             stop_now: false,
@@ -191,13 +190,7 @@ impl Core {
 
     #[inline]
     pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
-        match self.entries.get_mut(id.key as usize) {
-            Some(Entry {
-                gen,
-                kind: Kind::Conn(c),
-            }) if *gen == id.gen => Some(c),
-            _ => None,
-        }
+        conn_in(&mut self.entries, id)
     }
 
     pub(crate) fn fd_of(&mut self, id: ConnId) -> Result<RawFd, Error> {
@@ -230,48 +223,55 @@ impl Core {
         self.ready.push(id);
     }
 
-    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() != 0 && buf.capacity() <= POOL_BUF_MAX && self.pool.len() < POOL_MAX {
-            buf.clear();
-            self.pool.push(buf);
+    /// Queues bytes on a stream, or sends a datagram on a connected socket.
+    /// The common case (a live, open stream under its high-water mark) takes
+    /// one slab lookup and a copy.
+    #[inline]
+    pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        if let Some(Entry {
+            gen,
+            kind: Kind::Conn(c),
+        }) = self.entries.get_mut(id.key as usize)
+        {
+            if *gen == id.gen && c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) == 0 {
+                c.output.extend_from_slice(data);
+                if c.flags & PENDING == 0 {
+                    c.flags |= PENDING;
+                    self.pending.push(id);
+                }
+                if c.output.len() - c.written > self.config.high_water {
+                    return self.over_high_water(id);
+                }
+                return Ok(());
+            }
+        }
+        self.send_slow(id, data)
+    }
+
+    #[cold]
+    fn send_slow(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        match &self.entry(id)?.kind {
+            Kind::Conn(_) => Err(Error::Closing),
+            Kind::Dgram(_) => self.send_dgram(id, data, None),
+            _ => Err(Error::WrongKind),
         }
     }
 
-    /// Queues bytes on a stream, or sends a datagram on a connected socket.
-    pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let cfg_high = self.config.high_water;
-        let cfg_max = self.config.max_write_queue;
-        let entry = live(&mut self.entries, id)?;
-        let c = match &mut entry.kind {
-            Kind::Conn(c) => c,
-            Kind::Dgram(_) => return self.send_dgram(id, data, None),
-            _ => return Err(Error::WrongKind),
+    /// The queue passed the high-water mark: pause reading, or past the hard
+    /// cap, close.
+    #[cold]
+    fn over_high_water(&mut self, id: ConnId) -> Result<(), Error> {
+        let max = self.config.max_write_queue;
+        let Some(c) = self.conn(id) else {
+            return Err(Error::Stale);
         };
-        if c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) != 0 {
-            return Err(Error::Closing);
-        }
-        if c.output.capacity() == 0 {
-            if let Some(buf) = self.pool.pop() {
-                c.output = buf;
-            }
-        }
-        c.output.extend_from_slice(data);
-        let queued = c.queued();
-        let newly_pending = c.flags & PENDING == 0;
-        c.flags |= PENDING;
-        if queued > cfg_high && c.flags & PAUSED == 0 {
-            if queued > cfg_max {
-                self.close(id, CloseReason::WriteQueueFull, true);
-                return Err(Error::QueueFull);
-            }
-            c.flags |= PAUSED;
-            self.notices.push_back(Notice::Backpressure(id, true));
-        } else if queued > cfg_max {
+        if c.queued() > max {
             self.close(id, CloseReason::WriteQueueFull, true);
             return Err(Error::QueueFull);
         }
-        if newly_pending {
-            self.pending.push(id);
+        if c.flags & PAUSED == 0 {
+            c.flags |= PAUSED;
+            self.notices.push_back(Notice::Backpressure(id, true));
         }
         Ok(())
     }
@@ -331,13 +331,20 @@ impl Core {
         }
     }
 
-    /// Writes a connection's queue until it empties, the kernel refuses, or
-    /// the write budget is spent. Returns true if the queue emptied.
+    /// Writes a pending connection's queue until it empties, the kernel
+    /// refuses, or the write budget is spent (one `send` in the common case).
+    /// Returns true if the queue emptied and the connection is still open.
+    #[inline]
     pub(crate) fn write_conn(&mut self, id: ConnId) -> bool {
         let budget = self.config.write_budget;
-        let low = self.config.low_water;
         let now = self.now;
-        let Some(c) = self.conn(id) else { return false };
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return false;
+        };
+        c.flags &= !PENDING;
+        if c.flags & (BLOCKED | CONNECTING) != 0 {
+            return false; // WRITABLE (or the connect finishing) brings it back
+        }
         let mut sent = 0;
         let mut more = false;
         while c.written < c.output.len() {
@@ -346,7 +353,6 @@ impl Core {
                 Ok(n) => {
                     c.written += n;
                     sent += n;
-                    c.last_active = now;
                     if sent >= budget {
                         more = c.written < c.output.len();
                         break;
@@ -365,7 +371,26 @@ impl Core {
             }
         }
         self.stats.bytes_written += sent as u64;
-        let c = self.conn(id).expect("checked above");
+        if sent > 0 {
+            c.last_active = now;
+        }
+        if c.written == c.output.len()
+            && c.flags & (PAUSED | CLOSING | SHUTDOWN) == 0
+            && c.output.capacity() <= KEEP_BUF
+        {
+            // The common case: all sent, nothing else to do; the buffer stays.
+            c.output.clear();
+            c.written = 0;
+            return true;
+        }
+        self.after_write(id, more)
+    }
+
+    /// What follows a write that did not simply empty a small queue.
+    #[cold]
+    fn after_write(&mut self, id: ConnId, more: bool) -> bool {
+        let low = self.config.low_water;
+        let Some(c) = self.conn(id) else { return false };
         let mut resumed = false;
         if c.flags & PAUSED != 0 && c.queued() <= low {
             c.flags &= !PAUSED;
@@ -373,7 +398,11 @@ impl Core {
         }
         let empty = c.written == c.output.len();
         if empty {
-            let buf = std::mem::take(&mut c.output);
+            if c.output.capacity() > KEEP_BUF {
+                c.output = Vec::new(); // a burst's memory goes back at once
+            } else {
+                c.output.clear();
+            }
             c.written = 0;
             let flags = c.flags;
             let reason = c.close_reason;
@@ -383,7 +412,6 @@ impl Core {
                     log::debug!("shutdown {id}: {e}");
                 }
             }
-            self.recycle(buf);
             if flags & CLOSING != 0 {
                 self.close(id, reason, false);
                 return false;
@@ -425,7 +453,6 @@ impl Core {
                     self.stats.connections -= 1;
                 }
                 self.stats.closed += 1;
-                self.recycle(std::mem::take(&mut c.output));
                 if c.flags & CONNECTING != 0 {
                     // Never opened: the handler hears of it as a failed connect.
                     let err = io::Error::new(
@@ -482,7 +509,6 @@ impl Core {
         let Ok(entry) = self.entry(id) else { return };
         if let Kind::Conn(mut c) = std::mem::replace(&mut entry.kind, Kind::Closed) {
             let _ = self.poll.registry().deregister(c.stream.source());
-            self.recycle(std::mem::take(&mut c.output));
         }
         self.notices.push_back(Notice::ConnectFailed(id, err));
     }
@@ -498,30 +524,33 @@ impl Core {
         if let Some((old, _)) = self.sweep.take() {
             self.timers.cancel(old);
         }
-        let id = self
-            .timers
-            .insert(self.now + tick, Some(tick), TimerKind::IdleSweep);
+        let at = self.now + crate::clock::nanos(tick);
+        let id = self.timers.insert(at, Some(tick), TimerKind::IdleSweep);
         self.sweep = Some((id, tick));
     }
 
-    /// Closes every connection that made no progress for its idle timeout.
+    /// Closes every connection that made no progress for its idle timeout,
+    /// and frees the kept output buffers of connections quiet for a tick.
     pub(crate) fn sweep_idle(&mut self, scratch: &mut Vec<ConnId>) {
         let now = self.now;
+        let tick = self.sweep.map_or(0, |(_, t)| crate::clock::nanos(t));
         scratch.clear();
-        for (key, e) in self.entries.iter() {
-            if let Kind::Conn(c) = &e.kind {
-                if let Some(t) = c.idle_timeout {
-                    if now.saturating_duration_since(c.last_active) >= t {
-                        scratch.push(ConnId::new(key as u32, e.gen));
-                    }
+        for (key, e) in self.entries.iter_mut() {
+            if let Kind::Conn(c) = &mut e.kind {
+                let quiet = now.saturating_sub(c.last_active);
+                if c.idle_ns != 0 && quiet >= c.idle_ns {
+                    scratch.push(ConnId::new(key as u32, e.gen));
+                } else if quiet >= tick && c.queued() == 0 && c.output.capacity() != 0 {
+                    c.output = Vec::new();
+                    c.written = 0;
                 }
             }
         }
         for &id in scratch.iter() {
-            let connecting = self.conn(id).is_some_and(|c| c.flags & CONNECTING != 0);
-            if connecting {
+            let flags = self.conn(id).map_or(0, |c| c.flags);
+            if flags & CONNECTING != 0 {
                 self.fail_connect(id, io::ErrorKind::TimedOut.into());
-            } else if self.conn(id).is_some_and(|c| c.flags & CLOSING != 0) {
+            } else if flags & CLOSING != 0 {
                 // Already closing and still no progress: the peer does not read.
                 self.close(id, CloseReason::IdleTimeout, true);
             } else {
@@ -547,6 +576,18 @@ impl Core {
                 .filter(|(_, e)| !matches!(e.kind, Kind::Closed))
                 .map(|(k, e)| ConnId::new(k as u32, e.gen)),
         );
+    }
+}
+
+/// The stream connection an id names, borrowing only the slab.
+#[inline]
+pub(crate) fn conn_in(entries: &mut Slab<Entry>, id: ConnId) -> Option<&mut Conn> {
+    match entries.get_mut(id.key as usize) {
+        Some(Entry {
+            gen,
+            kind: Kind::Conn(c),
+        }) if *gen == id.gen => Some(c),
+        _ => None,
     }
 }
 

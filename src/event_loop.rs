@@ -27,10 +27,11 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::{Events, Poll, Token};
 
+use crate::clock;
 use crate::core::{
     Core, Entry, Kind, Notice, BLOCKED, CLOSING, CONNECTING, COUNTED, EOF, PAUSED, READY,
 };
@@ -85,14 +86,23 @@ pub struct EventLoop<H: Handler> {
     core: Core,                   // the sockets, timers and limits callbacks reach
     handler: H,                   // the user's handler
     events: Events,               // readiness from the last poll
+    batch: Vec<(usize, u8)>,      // that readiness as (token, READ|WRITE|HUP)
+    cursor: usize,                // the next entry of `batch` to serve
+    ready_work: Vec<ConnId>,      // the ready list being served this turn
+    flush_work: Vec<ConnId>,      // the pending list being flushed this turn
     states: Vec<Option<H::Conn>>, // per-connection state, by slot
     rbuf: Box<[u8]>,              // the one read buffer
     rx: mpsc::Receiver<H::Msg>,   // messages from handles
     tx: mpsc::Sender<H::Msg>,     // cloned into handles
     signals: Option<signal_hook_mio::v1_0::Signals>, // SIGINT/SIGTERM, once asked for
     scratch: Vec<ConnId>,         // reused id lists
-    blame: Option<ConnId>,        // the connection the running callback is about
+    blame: u64, // the connection the running callback is about (ConnId::as_u64; 0: none)
 }
+
+// Readiness bits in `batch`.
+const READ: u8 = 1;
+const WRITE: u8 = 2;
+const HUP: u8 = 4;
 
 impl<H: Handler> std::fmt::Debug for EventLoop<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,13 +140,17 @@ impl<H: Handler> EventLoop<H> {
             core: Core::new(poll, config, shared),
             handler,
             events,
+            batch: Vec::new(),
+            cursor: 0,
+            ready_work: Vec::new(),
+            flush_work: Vec::new(),
             states: Vec::new(),
             rbuf: vec![0; READ_BUF].into_boxed_slice(),
             rx,
             tx,
             signals: None,
             scratch: Vec::new(),
-            blame: None,
+            blame: 0,
         })
     }
 
@@ -250,18 +264,19 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.guarded(|me| me.dispatch_notices());
-        self.flush_pending();
+        // Work queued from outside a callback (before `run`, or between
+        // calls to `run_once`); within `run` the previous turn did this.
+        if !self.core.pending.is_empty() || !self.core.notices.is_empty() {
+            self.guarded(Self::before_sleep);
+        }
         if self.core.stop_now || self.stop_finished() {
             self.finish_stop();
             return Ok(false);
         }
 
-        let mut wait = self
-            .core
-            .timers
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(self.core.now));
+        let next = self.core.timers.peek();
+        let mut wait =
+            (next != u64::MAX).then(|| Duration::from_nanos(next.saturating_sub(self.core.now)));
         if let Some(t) = timeout {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
@@ -278,79 +293,124 @@ impl<H: Handler> EventLoop<H> {
             }
             self.events.clear();
         }
-        self.core.now = Instant::now();
-
-        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        for ev in events.iter() {
-            self.core.stats.events += 1;
-            match ev.token() {
-                WAKER => self.guarded(|me| me.drain_messages()),
-                SIGNALS => self.on_signal(),
-                token => {
-                    let id = ConnId::from_token(token);
-                    let readable = ev.is_readable() || ev.is_error() || ev.is_read_closed();
-                    let writable = ev.is_writable() || ev.is_error();
-                    let hup = ev.is_read_closed() || ev.is_error();
-                    self.blame = Some(id);
-                    self.guarded(|me| me.on_event(id, readable, writable, hup));
-                }
+        self.core.now = clock::now();
+        self.batch.clear();
+        for ev in self.events.iter() {
+            let mut bits = 0;
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                bits |= READ;
             }
-        }
-        self.events = events;
-
-        if !self.core.ready.is_empty() {
-            let mut ready = std::mem::take(&mut self.core.ready);
-            for &id in &ready {
-                self.blame = Some(id);
-                self.guarded(|me| me.on_ready(id));
+            if ev.is_writable() || ev.is_error() {
+                bits |= WRITE;
             }
-            ready.clear();
-            if self.core.ready.is_empty() {
-                self.core.ready = ready;
+            if ev.is_read_closed() || ev.is_error() {
+                bits |= HUP;
             }
+            self.batch.push((ev.token().0, bits));
         }
-        if self.core.shared.notified.load(Ordering::Acquire)
-            || self.core.shared.stop.load(Ordering::Acquire)
-        {
-            self.guarded(|me| me.drain_messages());
-        }
-        self.fire_timers();
-        if self.core.stop_requested && self.core.stopping.is_none() {
-            self.begin_stop();
-        }
+        self.cursor = 0;
+        self.guarded(Self::turn);
         Ok(true)
     }
 
+    /// Everything between two polls, under one `catch_unwind`.
+    fn turn(&mut self) {
+        self.process();
+        self.before_sleep();
+    }
+
     /// Runs `f`, catching a panic from a callback when so configured: the
-    /// connection being served is closed with [`CloseReason::Panic`].
-    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+    /// connection being served is closed with [`CloseReason::Panic`], and `f`
+    /// runs again to finish its work (each phase keeps its place in `self`,
+    /// so nothing is served twice or skipped). One `catch_unwind` per phase
+    /// per turn, not per callback.
+    fn guarded(&mut self, f: fn(&mut Self)) {
         if !self.core.config.catch_panics {
             f(self);
-            self.blame = None;
             return;
         }
-        let mut result = catch_unwind(AssertUnwindSafe(|| f(self)));
-        while let Err(payload) = result {
+        while let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(self))) {
             let msg = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".into());
             self.core.stats.panics += 1;
-            match self.blame.take() {
+            let blame = std::mem::take(&mut self.blame);
+            match (blame != 0).then(|| ConnId::from_u64(blame)) {
                 Some(id) => {
                     log::error!("panic in a callback for {id}: {msg}; closing it");
                     self.core.close(id, CloseReason::Panic, true);
                 }
                 None => log::error!("panic in a callback: {msg}"),
             }
-            // Deliver what the panic left queued; a panic in there is caught too.
-            result = catch_unwind(AssertUnwindSafe(|| self.dispatch_notices()));
         }
-        self.blame = None;
+        self.blame = 0;
     }
 
-    fn on_event(&mut self, id: ConnId, readable: bool, writable: bool, hup: bool) {
+    /// Before the loop may sleep: tell the handler what is pending, then write
+    /// every connection's queue (Redis's before-sleep write).
+    fn before_sleep(&mut self) {
+        self.dispatch_notices();
+        if self.flush_work.is_empty() {
+            if self.core.pending.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut self.flush_work, &mut self.core.pending);
+        }
+        while let Some(id) = self.flush_work.pop() {
+            self.flush_one(id);
+        }
+    }
+
+    /// Writes one connection's queue; `on_drain` when it empties. What
+    /// `on_drain` queues waits for the next turn, whose poll will not block.
+    #[inline]
+    fn flush_one(&mut self, id: ConnId) {
+        if self.core.write_conn(id) {
+            self.blame = id.as_u64();
+            let state = state_of(&mut self.states, id);
+            let mut cx = Context {
+                core: &mut self.core,
+            };
+            self.handler.on_drain(&mut cx, id, state);
+        }
+        self.dispatch_notices();
+    }
+
+    /// After polling: every event, the ready list, messages, timers.
+    fn process(&mut self) {
+        self.dispatch_notices();
+        while let Some(&(token, bits)) = self.batch.get(self.cursor) {
+            self.cursor += 1;
+            self.core.stats.events += 1;
+            match Token(token) {
+                WAKER => self.drain_messages(),
+                SIGNALS => self.on_signal(),
+                t => self.on_event(ConnId::from_token(t), bits),
+            }
+        }
+        if self.ready_work.is_empty() && !self.core.ready.is_empty() {
+            std::mem::swap(&mut self.ready_work, &mut self.core.ready);
+        }
+        while let Some(id) = self.ready_work.pop() {
+            self.on_ready(id);
+        }
+        if self.core.shared.notified.load(Ordering::Acquire)
+            || self.core.shared.stop.load(Ordering::Acquire)
+        {
+            self.drain_messages();
+        }
+        if self.core.timers.peek() <= self.core.now {
+            self.fire_timers();
+        }
+        if self.core.stop_requested && self.core.stopping.is_none() {
+            self.begin_stop();
+        }
+    }
+
+    #[inline]
+    fn on_event(&mut self, id: ConnId, bits: u8) {
         let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
             return;
         };
@@ -359,34 +419,26 @@ impl<H: Handler> EventLoop<H> {
         }
         match &mut entry.kind {
             Kind::Conn(c) => {
-                if c.flags & CONNECTING != 0 {
-                    if readable || writable {
-                        self.finish_connect(id);
-                    }
-                    return;
-                }
-                if writable && c.flags & BLOCKED != 0 {
-                    c.flags &= !BLOCKED;
-                    self.core.mark_pending(id);
-                }
-                if readable {
-                    self.read_conn(id, hup);
+                if c.flags & (CONNECTING | BLOCKED) != 0 {
+                    self.conn_event_slow(id, bits);
+                } else if bits & READ != 0 {
+                    self.read_conn(id, bits & HUP != 0);
                 }
             }
             Kind::Listener { .. } => self.accept(id),
             Kind::Dgram(d) => {
-                if writable && d.blocked {
+                if bits & WRITE != 0 && d.blocked {
                     self.core.flush_dgram(id);
                 }
-                if readable {
+                if bits & READ != 0 {
                     self.read_dgram(id);
                 }
             }
             Kind::Fd(_) => {
                 let ready = Ready {
-                    readable,
-                    writable,
-                    closed: hup,
+                    readable: bits & READ != 0,
+                    writable: bits & WRITE != 0,
+                    closed: bits & HUP != 0,
                 };
                 let mut cx = Context {
                     core: &mut self.core,
@@ -395,6 +447,23 @@ impl<H: Handler> EventLoop<H> {
                 self.dispatch_notices();
             }
             Kind::Closed => {}
+        }
+    }
+
+    /// A connection still connecting, or waiting for WRITABLE.
+    #[cold]
+    fn conn_event_slow(&mut self, id: ConnId, bits: u8) {
+        let Some(c) = self.core.conn(id) else { return };
+        if c.flags & CONNECTING != 0 {
+            self.finish_connect(id);
+            return;
+        }
+        if bits & WRITE != 0 {
+            c.flags &= !BLOCKED;
+            self.core.mark_pending(id);
+        }
+        if bits & READ != 0 {
+            self.read_conn(id, bits & HUP != 0);
         }
     }
 
@@ -414,35 +483,43 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Reads until `WouldBlock`, a short read, end of file, or the budget.
+    #[inline]
     fn read_conn(&mut self, id: ConnId, hup: bool) {
         let mut budget = self.core.config.read_budget;
+        self.blame = id.as_u64();
         loop {
-            let Some(c) = self.core.conn(id) else { return };
+            let now = self.core.now;
+            let Some(c) = crate::core::conn_in(&mut self.core.entries, id) else {
+                return;
+            };
             if c.flags & (EOF | PAUSED | CLOSING | CONNECTING) != 0 {
                 return;
             }
             let n = match c.stream.read(&mut self.rbuf) {
-                Ok(0) => {
-                    c.flags |= EOF;
-                    let state = state_of(&mut self.states, id);
-                    let mut cx = Context {
-                        core: &mut self.core,
-                    };
-                    self.handler.on_eof(&mut cx, id, state);
-                    self.dispatch_notices();
-                    return;
-                }
-                Ok(n) => n,
+                Ok(n) if n > 0 => n,
+                Ok(_) => return self.on_eof(id),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.core.close(id, CloseReason::from_io(&e), true);
-                    self.dispatch_notices();
-                    return;
-                }
+                Err(e) => return self.on_read_error(id, e),
             };
             self.core.stats.bytes_read += n as u64;
-            self.deliver(id, n);
+            if c.input.is_empty() {
+                // The common case: offer straight from the loop's buffer.
+                // Reading with nothing held back counts as progress for the
+                // idle timeout; bytes that never complete a message do not.
+                c.last_active = now;
+                let state = state_of(&mut self.states, id);
+                let mut cx = Context {
+                    core: &mut self.core,
+                };
+                let used = self.handler.on_data(&mut cx, id, state, &self.rbuf[..n]);
+                if used < n {
+                    self.keep_input(id, used, n);
+                }
+            } else {
+                self.deliver_buffered(id, n);
+            }
+            self.dispatch_notices();
             if n < self.rbuf.len() && !hup {
                 return;
             }
@@ -454,59 +531,65 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    /// Offers what was read (after what was left before) to `on_data`, and
-    /// keeps what the handler did not consume.
-    fn deliver(&mut self, id: ConnId, n: usize) {
-        let max_input = self.core.config.max_input;
-        let now = self.core.now;
+    #[cold]
+    fn on_eof(&mut self, id: ConnId) {
         let Some(c) = self.core.conn(id) else { return };
+        c.flags |= EOF;
         let state = state_of(&mut self.states, id);
-        if c.input.is_empty() {
-            // The common case: consume straight from the loop's buffer.
-            let mut cx = Context {
-                core: &mut self.core,
-            };
-            let used = self
-                .handler
-                .on_data(&mut cx, id, state, &self.rbuf[..n])
-                .min(n);
-            if let Some(c) = self.core.conn(id) {
-                if used > 0 {
-                    c.last_active = now;
-                }
-                if used < n {
-                    c.input.extend_from_slice(&self.rbuf[used..n]);
-                }
-            }
-        } else {
-            c.input.extend_from_slice(&self.rbuf[..n]);
-            let mut input = std::mem::take(&mut c.input);
-            let mut cx = Context {
-                core: &mut self.core,
-            };
-            let used = self
-                .handler
-                .on_data(&mut cx, id, state, &input)
-                .min(input.len());
-            if let Some(c) = self.core.conn(id) {
-                if used > 0 {
-                    c.last_active = now;
-                }
-                if used < input.len() {
-                    input.drain(..used);
-                    c.input = input; // an emptied buffer is dropped: idle connections hold none
-                }
-            }
-        }
-        if self
-            .core
-            .conn(id)
-            .is_some_and(|c| c.input.len() > max_input)
-        {
+        let mut cx = Context {
+            core: &mut self.core,
+        };
+        self.handler.on_eof(&mut cx, id, state);
+        self.dispatch_notices();
+    }
+
+    #[cold]
+    fn on_read_error(&mut self, id: ConnId, e: io::Error) {
+        self.core.close(id, CloseReason::from_io(&e), true);
+        self.dispatch_notices();
+    }
+
+    /// Keeps what `on_data` left of the read buffer.
+    #[cold]
+    fn keep_input(&mut self, id: ConnId, used: usize, n: usize) {
+        let max_input = self.core.config.max_input;
+        let Some(c) = self.core.conn(id) else { return };
+        c.input.extend_from_slice(&self.rbuf[used.min(n)..n]);
+        if c.input.len() > max_input {
             log::debug!("{id}: unconsumed input over {max_input} bytes");
             self.core.close(id, CloseReason::InputTooLarge, true);
         }
-        self.dispatch_notices();
+    }
+
+    /// Offers held-back input followed by what was just read.
+    #[cold]
+    fn deliver_buffered(&mut self, id: ConnId, n: usize) {
+        let max_input = self.core.config.max_input;
+        let now = self.core.now;
+        let Some(c) = self.core.conn(id) else { return };
+        c.input.extend_from_slice(&self.rbuf[..n]);
+        let mut input = std::mem::take(&mut c.input);
+        let state = state_of(&mut self.states, id);
+        let mut cx = Context {
+            core: &mut self.core,
+        };
+        let used = self
+            .handler
+            .on_data(&mut cx, id, state, &input)
+            .min(input.len());
+        if let Some(c) = self.core.conn(id) {
+            if used > 0 {
+                c.last_active = now;
+            }
+            if used < input.len() {
+                input.drain(..used);
+                c.input = input; // an emptied buffer is dropped: idle connections hold none
+                if c.input.len() > max_input {
+                    log::debug!("{id}: unconsumed input over {max_input} bytes");
+                    self.core.close(id, CloseReason::InputTooLarge, true);
+                }
+            }
+        }
     }
 
     fn finish_connect(&mut self, id: ConnId) {
@@ -562,14 +645,16 @@ impl<H: Handler> EventLoop<H> {
                     if self
                         .core
                         .emfile_logged
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                        .is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000)
                     {
                         self.core.emfile_logged = Some(now);
                         log::warn!("accept on {id}: {e}; pausing accepts for {backoff:?}");
                     }
-                    self.core
-                        .timers
-                        .insert(now + backoff, None, TimerKind::AcceptRetry(id));
+                    self.core.timers.insert(
+                        now + clock::nanos(backoff),
+                        None,
+                        TimerKind::AcceptRetry(id),
+                    );
                     return;
                 }
                 Err(e) => log::debug!("accept on {id}: {e}"), // ECONNABORTED and the like: next
@@ -592,7 +677,7 @@ impl<H: Handler> EventLoop<H> {
             }
         };
         self.core.stats.accepted += 1;
-        self.blame = Some(id);
+        self.blame = id.as_u64();
         if self.core.stats.connections >= self.core.config.max_connections {
             self.core.stats.refused += 1;
             let mut cx = Context {
@@ -649,42 +734,16 @@ impl<H: Handler> EventLoop<H> {
         self.core.mark_ready(id);
     }
 
-    /// Flushes every connection with queued output (one `send` each). What
-    /// `on_drain` queues meanwhile waits for the next turn, whose poll will
-    /// not block.
-    fn flush_pending(&mut self) {
-        if self.core.pending.is_empty() {
-            return;
-        }
-        let mut pending = std::mem::take(&mut self.core.pending);
-        for &id in &pending {
-            let Some(c) = self.core.conn(id) else {
-                continue;
-            };
-            c.flags &= !crate::core::PENDING;
-            if c.flags & (BLOCKED | CONNECTING) != 0 {
-                continue;
-            }
-            if self.core.write_conn(id) {
-                self.blame = Some(id);
-                self.guarded(|me| {
-                    let state = state_of(&mut me.states, id);
-                    let mut cx = Context { core: &mut me.core };
-                    me.handler.on_drain(&mut cx, id, state);
-                    me.dispatch_notices();
-                });
-            } else if !self.core.notices.is_empty() {
-                self.guarded(|me| me.dispatch_notices());
-            }
-        }
-        pending.clear();
-        if self.core.pending.is_empty() {
-            self.core.pending = pending;
+    /// Tells the handler what happened inside the last callback.
+    #[inline]
+    fn dispatch_notices(&mut self) {
+        if !self.core.notices.is_empty() {
+            self.deliver_notices();
         }
     }
 
-    /// Tells the handler what happened inside the last callback.
-    fn dispatch_notices(&mut self) {
+    #[cold]
+    fn deliver_notices(&mut self) {
         while let Some(notice) = self.core.notices.pop_front() {
             match notice {
                 Notice::Closed(id, reason, notify) => {
@@ -694,7 +753,7 @@ impl<H: Handler> EventLoop<H> {
                     }
                     let state = self.states.get_mut(key).and_then(Option::take);
                     if notify {
-                        self.blame = None;
+                        self.blame = 0;
                         let mut cx = Context {
                             core: &mut self.core,
                         };
@@ -710,7 +769,7 @@ impl<H: Handler> EventLoop<H> {
                     if let Some(s) = self.states.get_mut(key) {
                         *s = None;
                     }
-                    self.blame = None;
+                    self.blame = 0;
                     let mut cx = Context {
                         core: &mut self.core,
                     };
@@ -718,7 +777,7 @@ impl<H: Handler> EventLoop<H> {
                 }
                 Notice::Open(id) => {
                     if self.core.entry(id).is_ok() {
-                        self.blame = Some(id);
+                        self.blame = id.as_u64();
                         let state = fresh_state(&mut self.states, id);
                         let mut cx = Context {
                             core: &mut self.core,
@@ -728,7 +787,7 @@ impl<H: Handler> EventLoop<H> {
                 }
                 Notice::Backpressure(id, paused) => {
                     if self.core.conn(id).is_some() {
-                        self.blame = Some(id);
+                        self.blame = id.as_u64();
                         let state = state_of(&mut self.states, id);
                         let mut cx = Context {
                             core: &mut self.core,
@@ -763,14 +822,15 @@ impl<H: Handler> EventLoop<H> {
     fn fire_timers(&mut self) {
         let now = self.core.now;
         while let Some((timer, kind)) = self.core.timers.pop_due(now) {
+            self.blame = 0;
             match kind {
                 TimerKind::User => {
                     self.core.stats.timers_fired += 1;
-                    self.guarded(|me| {
-                        let mut cx = Context { core: &mut me.core };
-                        me.handler.on_timer(&mut cx, timer);
-                        me.dispatch_notices();
-                    });
+                    let mut cx = Context {
+                        core: &mut self.core,
+                    };
+                    self.handler.on_timer(&mut cx, timer);
+                    self.dispatch_notices();
                 }
                 TimerKind::AcceptRetry(id) => {
                     if let Ok(Entry {
@@ -779,14 +839,14 @@ impl<H: Handler> EventLoop<H> {
                     }) = self.core.entry(id)
                     {
                         *paused = false;
-                        self.guarded(|me| me.accept(id));
+                        self.accept(id);
                     }
                 }
                 TimerKind::IdleSweep => {
                     let mut scratch = std::mem::take(&mut self.scratch);
                     self.core.sweep_idle(&mut scratch);
                     self.scratch = scratch;
-                    self.guarded(|me| me.dispatch_notices());
+                    self.dispatch_notices();
                 }
                 TimerKind::DrainDeadline => {
                     if self.core.stopping.is_some() {
@@ -814,7 +874,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn begin_stop(&mut self) {
-        let deadline = self.core.now + self.core.config.drain_timeout;
+        let deadline = self.core.now + clock::nanos(self.core.config.drain_timeout);
         self.core.stopping = Some(deadline);
         self.core
             .timers

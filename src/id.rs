@@ -31,6 +31,13 @@ impl ConnId {
         self.key as usize
     }
 
+    pub(crate) fn from_u64(v: u64) -> ConnId {
+        ConnId {
+            key: v as u32,
+            gen: (v >> 32) as u32,
+        }
+    }
+
     pub(crate) fn token(self) -> mio::Token {
         mio::Token(self.as_u64() as usize)
     }

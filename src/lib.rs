@@ -4,6 +4,7 @@
 #![cfg(unix)]
 
 mod addr;
+mod clock;
 mod config;
 mod context;
 mod core;

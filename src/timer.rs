@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slab::Slab;
 
@@ -26,17 +26,17 @@ pub(crate) enum TimerKind {
 }
 
 struct Slot {
-    gen: u32,                 // matches TimerId::gen while the timer is live
-    deadline: Instant,        // when it fires next
-    period: Option<Duration>, // Some for a periodic timer
-    kind: TimerKind,          // what firing means
+    gen: u32,        // matches TimerId::gen while the timer is live
+    deadline: u64,   // when it fires next, on the loop clock (ns)
+    period: u64,     // nanoseconds between firings; 0 for a one-shot timer
+    kind: TimerKind, // what firing means
 }
 
 pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u64, u32, u32)>>, // (deadline, seq, slot, gen)
-    slots: Slab<Slot>,                                   // live timers
-    seq: u64,                                            // ties fire in the order set
-    gen: u32,                                            // next generation
+    heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>, // (deadline, seq, slot, gen)
+    slots: Slab<Slot>,                               // live timers
+    seq: u64,                                        // ties fire in the order set
+    gen: u32,                                        // next generation
 }
 
 impl Timers {
@@ -51,10 +51,11 @@ impl Timers {
 
     pub(crate) fn insert(
         &mut self,
-        deadline: Instant,
+        deadline: u64,
         period: Option<Duration>,
         kind: TimerKind,
     ) -> TimerId {
+        let period = period.map_or(0, |p| crate::clock::nanos(p).max(1));
         self.gen = self.gen.wrapping_add(1);
         let gen = self.gen;
         let slot = self.slots.insert(Slot {
@@ -67,7 +68,7 @@ impl Timers {
         TimerId { slot, gen }
     }
 
-    fn push(&mut self, deadline: Instant, slot: u32, gen: u32) {
+    fn push(&mut self, deadline: u64, slot: u32, gen: u32) {
         self.seq += 1;
         self.heap.push(Reverse((deadline, self.seq, slot, gen)));
         if self.heap.len() > 64 && self.heap.len() > 2 * self.slots.len() {
@@ -94,14 +95,22 @@ impl Timers {
         }
     }
 
-    fn is_live(&self, d: Instant, s: u32, g: u32) -> bool {
+    fn is_live(&self, d: u64, s: u32, g: u32) -> bool {
         self.slots
             .get(s as usize)
             .is_some_and(|slot| slot.gen == g && slot.deadline == d)
     }
 
+    /// The earliest deadline in the heap, live or cancelled (`u64::MAX` if
+    /// none): a cheap bound to compare the clock with.
+    #[inline]
+    pub(crate) fn peek(&self) -> u64 {
+        self.heap.peek().map_or(u64::MAX, |Reverse((d, ..))| *d)
+    }
+
     /// The earliest live deadline.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+    #[cfg(test)]
+    pub(crate) fn next_deadline(&mut self) -> Option<u64> {
         while let Some(Reverse((d, _, s, g))) = self.heap.peek().copied() {
             if self.is_live(d, s, g) {
                 return Some(d);
@@ -112,7 +121,7 @@ impl Timers {
     }
 
     /// The next timer due at `now`, if any; a periodic one is set again.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerKind)> {
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<(TimerId, TimerKind)> {
         while let Some(Reverse((d, _, s, g))) = self.heap.peek().copied() {
             if d > now {
                 return None;
@@ -123,20 +132,18 @@ impl Timers {
             }
             let slot = &mut self.slots[s as usize];
             let kind = slot.kind;
-            match slot.period {
-                Some(p) => {
-                    // Keep the phase; if the loop fell a whole period behind,
-                    // skip the missed ticks rather than firing them in a burst.
-                    let mut next = d + p;
-                    if next <= now {
-                        next = now + p;
-                    }
-                    slot.deadline = next;
-                    self.push(next, s, g);
+            if slot.period > 0 {
+                // Keep the phase; if the loop fell a whole period behind,
+                // skip the missed ticks rather than firing them in a burst.
+                let p = slot.period;
+                let mut next = d.saturating_add(p);
+                if next <= now {
+                    next = now.saturating_add(p);
                 }
-                None => {
-                    self.slots.remove(s as usize);
-                }
+                slot.deadline = next;
+                self.push(next, s, g);
+            } else {
+                self.slots.remove(s as usize);
             }
             return Some((TimerId { slot: s, gen: g }, kind));
         }
@@ -150,14 +157,15 @@ mod tests {
 
     #[test]
     fn fire_in_deadline_order_and_skip_cancelled() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000u64;
+        let ms = 1_000_000u64;
         let mut t = Timers::new();
-        let c = t.insert(t0 + Duration::from_millis(3), None, TimerKind::User);
-        let b = t.insert(t0 + Duration::from_millis(2), None, TimerKind::User);
-        let a = t.insert(t0 + Duration::from_millis(1), None, TimerKind::User);
+        let c = t.insert(t0 + 3 * ms, None, TimerKind::User);
+        let b = t.insert(t0 + 2 * ms, None, TimerKind::User);
+        let a = t.insert(t0 + ms, None, TimerKind::User);
         assert!(t.cancel(b));
         assert!(!t.cancel(b));
-        let now = t0 + Duration::from_millis(10);
+        let now = t0 + 10 * ms;
         assert_eq!(t.pop_due(now).map(|x| x.0), Some(a));
         assert_eq!(t.pop_due(now).map(|x| x.0), Some(c));
         assert!(t.pop_due(now).is_none());
@@ -166,14 +174,11 @@ mod tests {
 
     #[test]
     fn periodic_keeps_its_phase() {
-        let t0 = Instant::now();
-        let p = Duration::from_millis(10);
+        let t0 = 1_000_000u64;
+        let p = 10_000_000u64;
         let mut t = Timers::new();
-        let id = t.insert(t0 + p, Some(p), TimerKind::User);
-        assert_eq!(
-            t.pop_due(t0 + Duration::from_millis(12)).map(|x| x.0),
-            Some(id)
-        );
+        let id = t.insert(t0 + p, Some(Duration::from_nanos(p)), TimerKind::User);
+        assert_eq!(t.pop_due(t0 + 12_000_000).map(|x| x.0), Some(id));
         assert_eq!(t.next_deadline(), Some(t0 + 2 * p));
         assert!(t.cancel(id));
         assert_eq!(t.next_deadline(), None);
@@ -181,10 +186,10 @@ mod tests {
 
     #[test]
     fn dead_entries_do_not_pile_up() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000u64;
         let mut t = Timers::new();
         for i in 0..10_000 {
-            let id = t.insert(t0 + Duration::from_millis(i), None, TimerKind::User);
+            let id = t.insert(t0 + i * 1_000_000, None, TimerKind::User);
             t.cancel(id);
         }
         assert!(t.heap.len() <= 130, "{}", t.heap.len());
