@@ -473,7 +473,7 @@ fn split_quoted(
     ranges: &mut Vec<(usize, usize)>,
 ) -> Result<(), ProtocolError> {
     let at = |i: usize| line.get(i).copied();
-    let closes = |i: usize| at(i + 1).map_or(true, is_space);
+    let closes = |i: usize| at(i + 1).is_none_or(is_space);
     let mut p = 0;
     loop {
         while at(p).is_some_and(is_space) {
