@@ -509,10 +509,11 @@ impl<'a> Context<'a> {
         self.core.stop_requested = true;
     }
 
-    /// The time the loop read after its last poll: cheap, and the same for
-    /// every callback in one turn.
+    /// The current time (`Instant::now()`). The loop itself keeps only a
+    /// coarse clock, read when timers are due, so that a busy loop reads no
+    /// clock per event.
     pub fn now(&self) -> Instant {
-        self.core.epoch.instant(self.core.now)
+        Instant::now()
     }
 
     /// The loop's counters.

@@ -109,8 +109,8 @@ pub(crate) struct Core {
     pub(crate) timers: Timers,                     // user and internal timers
     pub(crate) config: Config,                     // limits
     pub(crate) stats: Stats,                       // counters
-    pub(crate) now: u64, // the loop clock (ns), read once per turn after polling
-    pub(crate) epoch: crate::clock::Epoch, // converts the loop clock to Instants
+    pub(crate) now: u64, // the loop clock (ns), coarse: read when timers are due and on rare paths
+    pub(crate) timerfd: crate::clock::TimerFd, // wakes the poll at the next deadline
     pub(crate) pending: Vec<ConnId>, // sockets with output to flush before the next poll
     pub(crate) ready: Vec<ConnId>, // sockets to read again before blocking (budget cut, resumed)
     pub(crate) notices: VecDeque<Notice>, // for the handler, after the current callback
@@ -123,8 +123,15 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(poll: Poll, config: Config, shared: Arc<Shared>) -> Core {
+    pub(crate) fn new(poll: Poll, config: Config, shared: Arc<Shared>) -> io::Result<Core> {
+        let timerfd = crate::clock::TimerFd::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&timerfd.raw()),
+            crate::event_loop::TIMER,
+            Interest::READABLE,
+        )?;
         let mut core = Core {
+            timerfd,
             poll,
             entries: Slab::with_capacity(64),
             gen: 0,
@@ -132,7 +139,6 @@ impl Core {
             config,
             stats: Stats::default(),
             now: crate::clock::now(),
-            epoch: crate::clock::Epoch::new(),
             pending: Vec::with_capacity(64),
             ready: Vec::new(),
             notices: VecDeque::new(),
@@ -146,7 +152,7 @@ impl Core {
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
         }
-        core
+        Ok(core)
     }
 
     /// Puts a socket in the slab and registers it.
@@ -515,7 +521,7 @@ impl Core {
 
     /// Makes sure the idle sweep runs often enough for `timeout`.
     pub(crate) fn ensure_sweep(&mut self, timeout: Duration) {
-        let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let tick = (timeout / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         if let Some((_, cur)) = self.sweep {
             if cur <= tick {
                 return;
@@ -524,6 +530,7 @@ impl Core {
         if let Some((old, _)) = self.sweep.take() {
             self.timers.cancel(old);
         }
+        self.now = crate::clock::now();
         let at = self.now + crate::clock::nanos(tick);
         let id = self.timers.insert(at, Some(tick), TimerKind::IdleSweep);
         self.sweep = Some((id, tick));
@@ -531,6 +538,11 @@ impl Core {
 
     /// Closes every connection that made no progress for its idle timeout,
     /// and frees the kept output buffers of connections quiet for a tick.
+    ///
+    /// Activity is stamped with the coarse loop clock, which may lag by up
+    /// to a tick (an eighth of the timeout), so a connection counts as idle
+    /// only after its timeout plus a tick: never early, at most a quarter
+    /// late.
     pub(crate) fn sweep_idle(&mut self, scratch: &mut Vec<ConnId>) {
         let now = self.now;
         let tick = self.sweep.map_or(0, |(_, t)| crate::clock::nanos(t));
@@ -538,7 +550,7 @@ impl Core {
         for (key, e) in self.entries.iter_mut() {
             if let Kind::Conn(c) = &mut e.kind {
                 let quiet = now.saturating_sub(c.last_active);
-                if c.idle_ns != 0 && quiet >= c.idle_ns {
+                if c.idle_ns != 0 && quiet >= c.idle_ns.saturating_add(tick) {
                     scratch.push(ConnId::new(key as u32, e.gen));
                 } else if quiet >= tick && c.queued() == 0 && c.output.capacity() != 0 {
                     c.output = Vec::new();

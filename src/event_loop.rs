@@ -44,6 +44,7 @@ use crate::{
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+pub(crate) const TIMER: Token = Token(usize::MAX - 2);
 /// The loop's one read buffer: big enough for any UDP datagram.
 const READ_BUF: usize = 64 * 1024;
 /// Messages from other threads handled per turn, so a flood of them cannot
@@ -137,7 +138,7 @@ impl<H: Handler> EventLoop<H> {
         let (tx, rx) = mpsc::channel();
         let events = Events::with_capacity(config.events_capacity.max(1));
         Ok(EventLoop {
-            core: Core::new(poll, config, shared),
+            core: Core::new(poll, config, shared)?,
             handler,
             events,
             batch: Vec::new(),
@@ -274,12 +275,9 @@ impl<H: Handler> EventLoop<H> {
             return Ok(false);
         }
 
-        let next = self.core.timers.peek();
-        let mut wait =
-            (next != u64::MAX).then(|| Duration::from_nanos(next.saturating_sub(self.core.now)));
-        if let Some(t) = timeout {
-            wait = Some(wait.map_or(t, |w| w.min(t)));
-        }
+        // Timers wake the poll through the timerfd: no timeout to compute.
+        self.core.timerfd.arm(self.core.timers.peek());
+        let mut wait = timeout;
         if !self.core.ready.is_empty()
             || !self.core.pending.is_empty()
             || !self.core.notices.is_empty()
@@ -293,7 +291,6 @@ impl<H: Handler> EventLoop<H> {
             }
             self.events.clear();
         }
-        self.core.now = clock::now();
         self.batch.clear();
         for ev in self.events.iter() {
             let mut bits = 0;
@@ -314,6 +311,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Everything between two polls, under one `catch_unwind`.
+    #[inline(always)]
     fn turn(&mut self) {
         self.process();
         self.before_sleep();
@@ -350,6 +348,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Before the loop may sleep: tell the handler what is pending, then write
     /// every connection's queue (Redis's before-sleep write).
+    #[inline(always)]
     fn before_sleep(&mut self) {
         self.dispatch_notices();
         if self.flush_work.is_empty() {
@@ -379,6 +378,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// After polling: every event, the ready list, messages, timers.
+    #[inline(always)]
     fn process(&mut self) {
         self.dispatch_notices();
         while let Some(&(token, bits)) = self.batch.get(self.cursor) {
@@ -387,6 +387,11 @@ impl<H: Handler> EventLoop<H> {
             match Token(token) {
                 WAKER => self.drain_messages(),
                 SIGNALS => self.on_signal(),
+                TIMER => {
+                    self.core.timerfd.clear();
+                    self.core.now = clock::now();
+                    self.fire_timers();
+                }
                 t => self.on_event(ConnId::from_token(t), bits),
             }
         }
@@ -401,15 +406,12 @@ impl<H: Handler> EventLoop<H> {
         {
             self.drain_messages();
         }
-        if self.core.timers.peek() <= self.core.now {
-            self.fire_timers();
-        }
         if self.core.stop_requested && self.core.stopping.is_none() {
             self.begin_stop();
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn on_event(&mut self, id: ConnId, bits: u8) {
         let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
             return;
@@ -483,7 +485,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Reads until `WouldBlock`, a short read, end of file, or the budget.
-    #[inline]
+    #[inline(always)]
     fn read_conn(&mut self, id: ConnId, hup: bool) {
         let mut budget = self.core.config.read_budget;
         self.blame = id.as_u64();
@@ -641,7 +643,8 @@ impl<H: Handler> EventLoop<H> {
                     *paused = true;
                     self.core.stats.accept_errors += 1;
                     let backoff = self.core.config.accept_backoff;
-                    let now = self.core.now;
+                    let now = clock::now();
+                    self.core.now = now;
                     if self
                         .core
                         .emfile_logged
@@ -874,6 +877,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn begin_stop(&mut self) {
+        self.core.now = clock::now();
         let deadline = self.core.now + clock::nanos(self.core.config.drain_timeout);
         self.core.stopping = Some(deadline);
         self.core
