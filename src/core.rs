@@ -537,7 +537,8 @@ impl Core {
     }
 
     /// Closes every connection that made no progress for its idle timeout,
-    /// and frees the kept output buffers of connections quiet for a tick.
+    /// and frees the kept output buffers of connections quiet for a tick (two
+    /// on the coarse clock, whose stamps lag by up to one).
     ///
     /// Activity is stamped with the coarse loop clock, which may lag by up
     /// to a tick (an eighth of the timeout), so a connection counts as idle
@@ -552,7 +553,7 @@ impl Core {
                 let quiet = now.saturating_sub(c.last_active);
                 if c.idle_ns != 0 && quiet >= c.idle_ns.saturating_add(tick) {
                     scratch.push(ConnId::new(key as u32, e.gen));
-                } else if quiet >= tick && c.queued() == 0 && c.output.capacity() != 0 {
+                } else if quiet >= 2 * tick && c.queued() == 0 && c.output.capacity() != 0 {
                     c.output = Vec::new();
                     c.written = 0;
                 }
