@@ -69,7 +69,11 @@ fuzz_target!(|input: &[u8]| {
             buf_error = true;
         }
         while let Some(l) = buf.pop_line() {
-            assert!(l.len() <= line_max, "buffered line of {} > {line_max}", l.len());
+            assert!(
+                l.len() <= line_max,
+                "buffered line of {} > {line_max}",
+                l.len()
+            );
             assert!(!l.contains(&b'\n'));
             pieced.push(l.to_vec());
         }
