@@ -228,3 +228,134 @@ pub fn fd_count() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Resident memory of this process, in KiB (VmRSS from /proc/self/status).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The 99th percentile of `samples` (sorted in place).
+pub fn p99(samples: &mut [Duration]) -> Duration {
+    assert!(!samples.is_empty(), "no samples");
+    samples.sort_unstable();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// Serialises the tests of one file that measure the whole process (fd
+/// count, RSS) or latency, which tests running beside them would disturb.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A server running in a child process: this test binary run again with
+/// only the `#[ignore]`d test `name`, which serves when [`CHILD_ENV`] is set
+/// and prints `PORT <n>` once it listens. Killed when dropped.
+pub struct ChildServer {
+    /// The child process.
+    pub child: std::process::Child,
+    /// The TCP port it printed.
+    pub port: u16,
+}
+
+/// Set (to anything) in the environment of a [`ChildServer`].
+pub const CHILD_ENV: &str = "NETLOOP_TEST_CHILD";
+
+/// True in a child started by [`ChildServer::spawn`]: the `#[ignore]`d
+/// child tests return at once otherwise.
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Prints the line a [`ChildServer`] waits for.
+pub fn announce_port(port: u16) {
+    println!("PORT {port}");
+    io::Write::flush(&mut io::stdout()).unwrap();
+}
+
+impl ChildServer {
+    /// Runs test `name` of this binary in a child with `env` set, and waits
+    /// (up to [`STEP`]) for its `PORT` line.
+    pub fn spawn(name: &str, env: &[(&str, String)]) -> ChildServer {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the child test");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads to the end, so the child never blocks on a full pipe.
+            let mut sent = false;
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // (libtest prints "test NAME ... " before it, on the same line)
+                if let Some((_, p)) = line.split_once("PORT ") {
+                    if !sent {
+                        let _ = tx.send(p.trim().parse::<u16>().expect("a port number"));
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(STEP) {
+            Ok(port) => port,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("child {name} printed no PORT line: {:?}", child.wait());
+            }
+        };
+        ChildServer { child, port }
+    }
+
+    /// The child's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Sends signal `sig` to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    }
+
+    /// Waits up to `limit` for the child to exit; `None` if it did not.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
