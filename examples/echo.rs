@@ -55,7 +55,7 @@ fn main() {
         args.listen = vec!["tcp://127.0.0.1:7000".into(), "udp://127.0.0.1:7000".into()];
     }
     if let Err(e) = serve(&args.listen) {
-        log::error!("{e}");
+        eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
 }

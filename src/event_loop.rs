@@ -633,8 +633,8 @@ impl<H: Handler> EventLoop<H> {
             else {
                 return;
             };
-            if *paused {
-                return;
+            if *paused || self.core.stop_requested {
+                return; // a stop is coming: accept nothing more
             }
             match l.accept() {
                 Ok(stream) => self.open_accepted(stream),

@@ -45,7 +45,7 @@ fn main() {
         args.listen = vec!["tcp://127.0.0.1:7001".into()];
     }
     if let Err(e) = serve(&args) {
-        log::error!("{e}");
+        eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
 }

@@ -30,7 +30,7 @@ fn main() {
         args.listen = vec!["tcp://127.0.0.1:6380".into()];
     }
     if let Err(e) = serve(&args.listen) {
-        log::error!("{e}");
+        eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
 }
