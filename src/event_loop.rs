@@ -625,6 +625,9 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn accept(&mut self, id: ConnId) {
+        if self.core.stop_requested {
+            return; // a stop is coming: accept nothing more
+        }
         for _ in 0..self.core.config.accepts_per_turn {
             let Ok(Entry {
                 kind: Kind::Listener { l, paused },
@@ -633,8 +636,8 @@ impl<H: Handler> EventLoop<H> {
             else {
                 return;
             };
-            if *paused || self.core.stop_requested {
-                return; // a stop is coming: accept nothing more
+            if *paused {
+                return;
             }
             match l.accept() {
                 Ok(stream) => self.open_accepted(stream),
