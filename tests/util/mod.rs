@@ -310,6 +310,8 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
 pub struct EchoChild {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// When it was started.
+    pub started: Instant,
     /// Its stderr, line by line, with the time each line was read.
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
     child: std::process::Child,
@@ -326,6 +328,7 @@ impl EchoChild {
             "ulimit -n {nofile} && exec '{}' --listen tcp://127.0.0.1:0",
             bin.display()
         );
+        let started = Instant::now();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -363,6 +366,7 @@ impl EchoChild {
         };
         EchoChild {
             addr,
+            started,
             stderr,
             child,
         }
