@@ -104,13 +104,13 @@ fn ten_thousand_panics_leave_fds_and_memory_flat() {
     wait_for("the warm-up connections closed", || {
         stats(&server).connections == 0
     });
-    let (fds, rss) = (fd_count(), rss_kib());
+    let (fds, rss) = (fd_count(), rss_kib(None));
     panics(9_000);
     wait_for("every panicked connection closed", || {
         stats(&server).connections == 0
     });
     wait_for("the fd count back to its baseline", || fd_count() <= fds);
-    let grown = rss_kib() as i64 - rss as i64;
+    let grown = rss_kib(None) as i64 - rss as i64;
     let s = stats(&server);
     eprintln!(
         "10,000 panics in {:?}; RSS {rss} KiB after warm-up, {grown:+} KiB after 9,000 more",

@@ -229,16 +229,6 @@ pub fn fd_count() -> usize {
         .unwrap_or(0)
 }
 
-/// Resident memory of this process, in KiB (VmRSS from /proc/self/status).
-pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The 99th percentile of `samples` (sorted in place).
 pub fn p99(samples: &mut [Duration]) -> Duration {
     assert!(!samples.is_empty(), "no samples");
@@ -350,6 +340,177 @@ impl ChildServer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …); `None` for
+/// this process.
+pub fn status_kib(pid: Option<u32>, field: &str) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let text = std::fs::read_to_string(&path).expect("read /proc/…/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
+/// Resident memory in KiB (VmRSS) of a process, `None` for this one.
+pub fn rss_kib(pid: Option<u32>) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// Resets this process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0),
+/// so that a later [`peak_rss_kib`] is the peak since now. False if the
+/// kernel refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident memory (VmHWM) of this process, in KiB.
+pub fn peak_rss_kib() -> u64 {
+    status_kib(None, "VmHWM")
+}
+
+/// CPU time (user + system) a process has used, in clock ticks
+/// (see [`clock_ticks_per_sec`]).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/pid/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// sysconf(_SC_CLK_TCK): the unit of [`cpu_ticks`].
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(t > 0, "sysconf(_SC_CLK_TCK)");
+    t as u64
+}
+
+/// Open file descriptors of another process.
+pub fn fd_count_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// An example's binary, which a plain `cargo test` builds before it runs
+/// integration tests: target/<profile>/examples/<name>, next to this test's
+/// target/<profile>/deps/. (`cargo test --test x` alone does not rebuild
+/// examples: run `cargo build --examples` first.)
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo test` (or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
+/// The echo example running as a child process under `ulimit -n nofile`,
+/// on an ephemeral loopback port; killed when dropped.
+pub struct EchoChild {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// When it was started.
+    pub started: Instant,
+    /// Its stderr, line by line, with the time each line was read.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    child: std::process::Child,
+}
+
+impl EchoChild {
+    /// Starts the echo example with at most `nofile` file descriptors and
+    /// waits (within [`STEP`]) for the log line that names its port.
+    pub fn spawn(nofile: u32) -> EchoChild {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let bin = example_binary("echo");
+        let script = format!(
+            "ulimit -n {nofile} && exec '{}' --listen tcp://127.0.0.1:0",
+            bin.display()
+        );
+        let started = Instant::now();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the echo example");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line
+                    .split_once("echo listening on ")
+                    .and_then(|(_, rest)| rest.rsplit_once('('))
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .and_then(|(addr, _)| addr.parse::<std::net::SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        let addr = match rx.recv_timeout(STEP) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the echo example did not say where it listens");
+            }
+        };
+        EchoChild {
+            addr,
+            started,
+            stderr,
+            child,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines of its stderr that contain `what`, with the times they were read.
+    pub fn log_lines(&self, what: &str) -> Vec<(Instant, String)> {
+        let lines = self.stderr.lock().unwrap();
+        lines
+            .iter()
+            .filter(|(_, l)| l.contains(what))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for EchoChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
