@@ -118,6 +118,7 @@ pub(crate) struct Core {
     pub(crate) stopping: Option<u64>, // a graceful stop's drain deadline
     pub(crate) stop_now: bool, // stop at once: abort what is left
     pub(crate) sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
+    pub(crate) accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
     pub(crate) emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
     pub(crate) shared: Arc<Shared>, // the waker and flags shared with handles
 }
@@ -146,6 +147,7 @@ impl Core {
             stopping: None,
             stop_now: false,
             sweep: None,
+            accept_paused: Vec::new(),
             emfile_logged: None,
             shared,
         };
@@ -459,6 +461,11 @@ impl Core {
                     self.stats.connections -= 1;
                 }
                 self.stats.closed += 1;
+                // A descriptor just came free: listeners that ran out retry now
+                // rather than when their backoff ends.
+                for l in self.accept_paused.drain(..) {
+                    self.ready.push(l);
+                }
                 if c.flags & CONNECTING != 0 {
                     // Never opened: the handler hears of it as a failed connect.
                     let err = io::Error::new(

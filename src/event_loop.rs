@@ -476,7 +476,10 @@ impl<H: Handler> EventLoop<H> {
                     c.flags &= !READY;
                     self.read_conn(id, false);
                 }
-                Kind::Listener { .. } => self.accept(id),
+                Kind::Listener { paused, .. } => {
+                    *paused = false; // back from EMFILE backoff, or cut off by its budget
+                    self.accept(id);
+                }
                 Kind::Dgram(_) => self.read_dgram(id),
                 _ => {}
             },
@@ -644,6 +647,7 @@ impl<H: Handler> EventLoop<H> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_fd_exhaustion(&e) => {
                     *paused = true;
+                    self.core.accept_paused.push(id);
                     self.core.stats.accept_errors += 1;
                     let backoff = self.core.config.accept_backoff;
                     let now = clock::now();

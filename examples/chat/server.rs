@@ -16,9 +16,10 @@
 //! - **Idle clients.** [`config`] sets [`Config::idle_timeout`]: a client
 //!   whose connection makes no progress for that long (it sends no complete
 //!   line, and nothing sent to it is delivered) is disconnected and the
-//!   others hear `left (timed out)`. The loop resets the connection, so no
-//!   goodbye reaches the client. A client quietly reading a busy room is
-//!   not idle; in a silent room, every silent client is.
+//!   others hear `left (timed out)`. The loop closes it gracefully (what is
+//!   queued is flushed first) and resets it only if it is still stuck a
+//!   sweep later. A client quietly reading a busy room is not idle; in a
+//!   silent room, every silent client is.
 //! - **Clients that stop reading.** Messages wait in each client's write
 //!   queue until its kernel buffers take them. [`config`] caps that queue at
 //!   [`MAX_BACKLOG`]: the `send` that would pass it drops the client at once
