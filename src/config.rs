@@ -56,10 +56,13 @@ pub struct Config {
     /// [`CloseReason::InputTooLarge`](crate::CloseReason::InputTooLarge).
     pub max_input: usize,
     /// Close a connection that makes no progress for this long (default five
-    /// minutes; `None` turns it off). Progress is the handler consuming input
-    /// or the kernel taking output, so a client trickling bytes of a line that
-    /// never completes is not kept alive by the trickle. Checked by a sweep a
-    /// few times per timeout, so a close comes up to a quarter late.
+    /// minutes; `None` turns it off). Progress is bytes arriving while the
+    /// handler holds nothing back unconsumed (so a client trickling bytes of
+    /// a line that never completes is not kept alive by the trickle), or the
+    /// kernel taking output. The close is graceful (queued output is flushed
+    /// first); a connection still stuck a sweep later is reset. Checked by a
+    /// sweep eight times per timeout: a close comes no earlier than the
+    /// timeout and at most a quarter later.
     pub idle_timeout: Option<Duration>,
     /// How long a graceful stop waits for write queues to drain before it
     /// closes what is left (default 5 s).
