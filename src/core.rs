@@ -35,6 +35,9 @@ pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
 /// burst) is freed as soon as it drains. The idle sweep frees the small ones
 /// of connections that went quiet, so an idle connection holds no buffer.
 const KEEP_BUF: usize = 8 * 1024;
+/// A send at least this large to an empty queue is written at once (see
+/// `Core::send_direct`).
+const DIRECT_SEND: usize = 16 * 1024;
 
 /// A stream connection.
 pub(crate) struct Conn {
@@ -242,6 +245,12 @@ impl Core {
         }) = self.entries.get_mut(id.key as usize)
         {
             if *gen == id.gen && c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) == 0 {
+                if data.len() >= DIRECT_SEND
+                    && c.written == c.output.len()
+                    && c.flags & (BLOCKED | CONNECTING) == 0
+                {
+                    return self.send_direct(id, data);
+                }
                 c.output.extend_from_slice(data);
                 if c.flags & PENDING == 0 {
                     c.flags |= PENDING;
@@ -254,6 +263,41 @@ impl Core {
             }
         }
         self.send_slow(id, data)
+    }
+
+    /// A large send to an empty queue goes straight to the socket: copying
+    /// it into the queue first would cost a copy (and, past [`KEEP_BUF`], an
+    /// allocation) per message, and combining gains nothing at this size.
+    /// Whatever the kernel does not take is queued as usual.
+    fn send_direct(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let now = self.now;
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return Err(Error::Stale);
+        };
+        let n = match c.stream.send(data) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.flags |= BLOCKED;
+                0
+            }
+            Err(_) => 0, // queued below: the flush meets the error again and closes
+        };
+        self.stats.bytes_written += n as u64;
+        if n > 0 {
+            c.last_active = now;
+        }
+        if n == data.len() {
+            return Ok(());
+        }
+        c.output.extend_from_slice(&data[n..]);
+        if c.flags & PENDING == 0 {
+            c.flags |= PENDING;
+            self.pending.push(id);
+        }
+        if c.output.len() - c.written > self.config.high_water {
+            return self.over_high_water(id);
+        }
+        Ok(())
     }
 
     #[cold]

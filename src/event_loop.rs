@@ -322,12 +322,12 @@ impl<H: Handler> EventLoop<H> {
     /// runs again to finish its work (each phase keeps its place in `self`,
     /// so nothing is served twice or skipped). One `catch_unwind` per phase
     /// per turn, not per callback.
-    fn guarded(&mut self, f: fn(&mut Self)) {
+    fn guarded(&mut self, f: impl Fn(&mut Self)) {
         if !self.core.config.catch_panics {
             f(self);
             return;
         }
-        while let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+        while let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(&mut *self))) {
             let msg = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -384,15 +384,18 @@ impl<H: Handler> EventLoop<H> {
         while let Some(&(token, bits)) = self.batch.get(self.cursor) {
             self.cursor += 1;
             self.core.stats.events += 1;
+            if token < TIMER.0 {
+                self.on_event(ConnId::from_token(Token(token)), bits);
+                continue;
+            }
             match Token(token) {
                 WAKER => self.drain_messages(),
                 SIGNALS => self.on_signal(),
-                TIMER => {
+                _ => {
                     self.core.timerfd.clear();
                     self.core.now = clock::now();
                     self.fire_timers();
                 }
-                t => self.on_event(ConnId::from_token(t), bits),
             }
         }
         if self.ready_work.is_empty() && !self.core.ready.is_empty() {
@@ -419,14 +422,16 @@ impl<H: Handler> EventLoop<H> {
         if entry.gen != id.gen {
             return; // a late event for a slot that was closed (and maybe reused)
         }
-        match &mut entry.kind {
-            Kind::Conn(c) => {
-                if c.flags & (CONNECTING | BLOCKED) != 0 {
-                    self.conn_event_slow(id, bits);
-                } else if bits & READ != 0 {
-                    self.read_conn(id, bits & HUP != 0);
-                }
+        if let Kind::Conn(c) = &mut entry.kind {
+            if c.flags & (CONNECTING | BLOCKED) != 0 {
+                self.conn_event_slow(id, bits);
+            } else if bits & READ != 0 {
+                self.read_conn(id, bits & HUP != 0);
             }
+            return;
+        }
+        match &mut entry.kind {
+            Kind::Conn(_) => {}
             Kind::Listener { .. } => self.accept(id),
             Kind::Dgram(d) => {
                 if bits & WRITE != 0 && d.blocked {
