@@ -133,11 +133,8 @@ impl Listener {
 
     /// Removes the socket file this loop created, if any.
     pub(crate) fn unlink(&mut self) {
-        if let Listener::Unix(_, path @ Some(_)) = self {
-            let p = path.take().expect("matched Some");
-            if let Err(e) = std::fs::remove_file(&p) {
-                log::warn!("removing {}: {e}", p.display());
-            }
+        if let Listener::Unix(_, path) = self {
+            remove_socket_file(path.take());
         }
     }
 
@@ -200,11 +197,8 @@ impl Dgram {
     }
 
     pub(crate) fn unlink(&mut self) {
-        if let Dgram::Unix(_, path @ Some(_)) = self {
-            let p = path.take().expect("matched Some");
-            if let Err(e) = std::fs::remove_file(&p) {
-                log::warn!("removing {}: {e}", p.display());
-            }
+        if let Dgram::Unix(_, path) = self {
+            remove_socket_file(path.take());
         }
     }
 
@@ -224,6 +218,15 @@ impl AsFd for Dgram {
         match self {
             Dgram::Udp(s) => s.as_fd(),
             Dgram::Unix(s, _) => s.as_fd(),
+        }
+    }
+}
+
+/// Removes a socket file this loop created (`None`: nothing to remove).
+fn remove_socket_file(path: Option<PathBuf>) {
+    if let Some(p) = path {
+        if let Err(e) = std::fs::remove_file(&p) {
+            log::warn!("removing {}: {e}", p.display());
         }
     }
 }
