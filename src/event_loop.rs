@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use mio::{Events, Poll, Token};
+use std::os::fd::AsRawFd;
+
+use mio::{Poll, Token};
 
 use crate::clock;
 use crate::core::{
@@ -84,26 +86,49 @@ const DATAGRAM_BUDGET: usize = 64;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct EventLoop<H: Handler> {
-    core: Core,                   // the sockets, timers and limits callbacks reach
-    handler: H,                   // the user's handler
-    events: Events,               // readiness from the last poll
-    batch: Vec<(usize, u8)>,      // that readiness as (token, READ|WRITE|HUP)
-    cursor: usize,                // the next entry of `batch` to serve
-    ready_work: Vec<ConnId>,      // the ready list being served this turn
-    flush_work: Vec<ConnId>,      // the pending list being flushed this turn
-    states: Vec<Option<H::Conn>>, // per-connection state, by slot
-    rbuf: Box<[u8]>,              // the one read buffer
-    rx: mpsc::Receiver<H::Msg>,   // messages from handles
-    tx: mpsc::Sender<H::Msg>,     // cloned into handles
+    core: Core,                     // the sockets, timers and limits callbacks reach
+    handler: H,                     // the user's handler
+    events: Vec<libc::epoll_event>, // readiness from the last poll, straight from epoll_wait
+    cursor: usize,                  // the next entry of `events` to serve
+    ready_work: Vec<ConnId>,        // the ready list being served this turn
+    flush_work: Vec<ConnId>,        // the pending list being flushed this turn
+    states: Vec<Option<H::Conn>>,   // per-connection state, by slot
+    rbuf: Box<[u8]>,                // the one read buffer
+    rx: mpsc::Receiver<H::Msg>,     // messages from handles
+    tx: mpsc::Sender<H::Msg>,       // cloned into handles
     signals: Option<signal_hook_mio::v1_0::Signals>, // SIGINT/SIGTERM, once asked for
-    scratch: Vec<ConnId>,         // reused id lists
+    scratch: Vec<ConnId>,           // reused id lists
     blame: u64, // the connection the running callback is about (ConnId::as_u64; 0: none)
 }
 
-// Readiness bits in `batch`.
+// Readiness bits, as mio's `Event` reads an epoll mask.
 const READ: u8 = 1;
 const WRITE: u8 = 2;
 const HUP: u8 = 4;
+
+/// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
+/// EPOLLIN or EPOLLPRI; read-closed is EPOLLHUP, or EPOLLIN with EPOLLRDHUP;
+/// an error (EPOLLERR) counts as all three.
+#[inline(always)]
+fn bits_of(mask: u32) -> u8 {
+    const IN: u32 = libc::EPOLLIN as u32;
+    const PRI: u32 = libc::EPOLLPRI as u32;
+    const OUT: u32 = libc::EPOLLOUT as u32;
+    const ERR: u32 = libc::EPOLLERR as u32;
+    const HANGUP: u32 = libc::EPOLLHUP as u32;
+    const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+    let mut bits = 0;
+    if mask & (IN | PRI | ERR | HANGUP) != 0 {
+        bits |= READ;
+    }
+    if mask & (OUT | ERR) != 0 {
+        bits |= WRITE;
+    }
+    if mask & (ERR | HANGUP) != 0 || mask & (IN | RDHUP) == IN | RDHUP {
+        bits |= HUP;
+    }
+    bits
+}
 
 impl<H: Handler> std::fmt::Debug for EventLoop<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,12 +161,11 @@ impl<H: Handler> EventLoop<H> {
             stop: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
-        let events = Events::with_capacity(config.events_capacity.max(1));
+        let events = Vec::with_capacity(config.events_capacity.clamp(1, 1 << 20));
         Ok(EventLoop {
             core: Core::new(poll, config, shared)?,
             handler,
             events,
-            batch: Vec::new(),
             cursor: 0,
             ready_work: Vec::new(),
             flush_work: Vec::new(),
@@ -285,29 +309,45 @@ impl<H: Handler> EventLoop<H> {
             wait = Some(Duration::ZERO);
         }
         self.core.stats.polls += 1;
-        if let Err(e) = self.core.poll.poll(&mut self.events, wait) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            self.events.clear();
-        }
-        self.batch.clear();
-        for ev in self.events.iter() {
-            let mut bits = 0;
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                bits |= READ;
-            }
-            if ev.is_writable() || ev.is_error() {
-                bits |= WRITE;
-            }
-            if ev.is_read_closed() || ev.is_error() {
-                bits |= HUP;
-            }
-            self.batch.push((ev.token().0, bits));
-        }
+        self.epoll_wait(wait)?;
         self.cursor = 0;
         self.guarded(Self::turn);
         Ok(true)
+    }
+
+    /// Polls into `events`: epoll_wait on mio's epoll fd directly, as mio
+    /// would (same timeout rounding), without copying into mio's `Events`.
+    #[inline(always)]
+    fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ms = match timeout {
+            None => -1,
+            Some(to) => to
+                .checked_add(Duration::from_nanos(999_999))
+                .unwrap_or(to)
+                .as_millis()
+                .min(libc::c_int::MAX as u128) as libc::c_int,
+        };
+        self.events.clear();
+        // SAFETY: the buffer has room for `capacity` events, the count passed;
+        // epoll_wait initialises the first `n` of them.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.core.poll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.capacity() as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            // SAFETY: epoll_wait wrote `n` (<= capacity) events.
+            unsafe { self.events.set_len(n as usize) };
+        }
+        Ok(())
     }
 
     /// Everything between two polls, under one `catch_unwind`.
@@ -381,11 +421,12 @@ impl<H: Handler> EventLoop<H> {
     #[inline(always)]
     fn process(&mut self) {
         self.dispatch_notices();
-        while let Some(&(token, bits)) = self.batch.get(self.cursor) {
+        while let Some(&ev) = self.events.get(self.cursor) {
             self.cursor += 1;
             self.core.stats.events += 1;
+            let token = ev.u64 as usize;
             if token < TIMER.0 {
-                self.on_event(ConnId::from_token(Token(token)), bits);
+                self.on_event(ConnId::from_token(Token(token)), bits_of(ev.events));
                 continue;
             }
             match Token(token) {
