@@ -101,6 +101,11 @@ pub struct EventLoop<H: Handler> {
     blame: u64, // the connection the running callback is about (ConnId::as_u64; 0: none)
 }
 
+/// Flags that stop the read loop.
+const IN_LOOP: u16 = EOF | PAUSED | CLOSING | CONNECTING;
+/// The same on entry from an event, plus BLOCKED (the slow path's).
+const FROM_EVENT: u16 = IN_LOOP | BLOCKED;
+
 // Readiness bits, as mio's `Event` reads an epoll mask.
 const READ: u8 = 1;
 const WRITE: u8 = 2;
@@ -455,21 +460,21 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    /// An event for a socket: a stream connection's goes straight into the
+    /// read loop, whose first slab lookup serves as the event's.
     #[inline(always)]
     fn on_event(&mut self, id: ConnId, bits: u8) {
+        self.read_conn(id, bits, FROM_EVENT);
+    }
+
+    /// An event for a socket other than an open stream connection.
+    #[inline(never)]
+    fn on_other_event(&mut self, id: ConnId, bits: u8) {
         let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
             return;
         };
         if entry.gen != id.gen {
             return; // a late event for a slot that was closed (and maybe reused)
-        }
-        if let Kind::Conn(c) = &mut entry.kind {
-            if c.flags & (CONNECTING | BLOCKED) != 0 {
-                self.conn_event_slow(id, bits);
-            } else if bits & READ != 0 {
-                self.read_conn(id, bits & HUP != 0);
-            }
-            return;
         }
         match &mut entry.kind {
             Kind::Conn(_) => {}
@@ -510,9 +515,7 @@ impl<H: Handler> EventLoop<H> {
             c.flags &= !BLOCKED;
             self.core.mark_pending(id);
         }
-        if bits & READ != 0 {
-            self.read_conn(id, bits & HUP != 0);
-        }
+        self.read_conn(id, bits, IN_LOOP);
     }
 
     fn on_ready(&mut self, id: ConnId) {
@@ -520,7 +523,7 @@ impl<H: Handler> EventLoop<H> {
             Some(Entry { gen, kind }) if *gen == id.gen => match kind {
                 Kind::Conn(c) => {
                     c.flags &= !READY;
-                    self.read_conn(id, false);
+                    self.read_conn(id, READ, IN_LOOP);
                 }
                 Kind::Listener { paused, .. } => {
                     *paused = false; // back from EMFILE backoff, or cut off by its budget
@@ -534,18 +537,31 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Reads until `WouldBlock`, a short read, end of file, or the budget.
+    ///
+    /// `mask` holds the flags that stop reading: [`FROM_EVENT`] when called
+    /// for an event (then a socket that is not an open stream goes to
+    /// `on_other_event`, and one connecting or blocked to `conn_event_slow`),
+    /// [`IN_LOOP`] otherwise.
     #[inline(always)]
-    fn read_conn(&mut self, id: ConnId, hup: bool) {
+    fn read_conn(&mut self, id: ConnId, bits: u8, mut mask: u16) {
+        let hup = bits & HUP != 0;
         let mut budget = self.core.config.read_budget;
-        self.blame = id.as_u64();
         loop {
             let now = self.core.now;
             let Some(c) = crate::core::conn_in(&mut self.core.entries, id) else {
+                if mask == FROM_EVENT {
+                    self.on_other_event(id, bits);
+                }
                 return;
             };
-            if c.flags & (EOF | PAUSED | CLOSING | CONNECTING) != 0 {
+            if c.flags & mask != 0 || bits & READ == 0 {
+                if mask == FROM_EVENT && c.flags & (CONNECTING | BLOCKED) != 0 {
+                    self.conn_event_slow(id, bits);
+                }
                 return;
             }
+            mask = IN_LOOP;
+            self.blame = id.as_u64();
             let n = match c.stream.read(&mut self.rbuf) {
                 Ok(n) if n > 0 => n,
                 Ok(_) => return self.on_eof(id),
@@ -983,6 +999,16 @@ impl<H: Handler> EventLoop<H> {
 /// The state of a connection, created on first use.
 #[inline]
 fn state_of<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    let k = id.key as usize;
+    if let Some(Some(_)) = states.get(k) {
+        return states[k].as_mut().expect("checked");
+    }
+    new_state(states, id)
+}
+
+#[cold]
+#[inline(never)]
+fn new_state<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
     let k = id.key as usize;
     if k >= states.len() {
         states.resize_with(k + 1, || None);
