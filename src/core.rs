@@ -472,22 +472,61 @@ impl Core {
     /// Writes a pending connection's queue until it empties, the kernel
     /// refuses, or the write budget is spent (one `send` in the common case).
     /// Returns true if the queue emptied and the connection is still open.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_conn(&mut self, id: ConnId) -> bool {
+        let now = self.now;
+        let budget = self.config.write_budget;
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return false;
+        };
+        c.flags &= !PENDING;
+        if c.flags & (BLOCKED | CONNECTING | PAUSED | CLOSING | SHUTDOWN) != 0
+            || c.written != 0
+            || c.output.is_empty()
+            || c.output.len() > budget
+            || c.output.capacity() > KEEP_BUF
+        {
+            return self.write_conn_slow(id, Ok(0));
+        }
+        // The common case: a small queue, sent whole by one `send`; the
+        // buffer stays for the next message.
+        let res = c.stream.send(&c.output);
+        match res {
+            Ok(n) if n == c.output.len() => {
+                self.stats.bytes_written += n as u64;
+                if n > 0 {
+                    c.last_active = now;
+                }
+                c.output.clear();
+                true
+            }
+            _ => self.write_conn_slow(id, res),
+        }
+    }
+
+    /// `write_conn` beyond its common case; `first` is the result of a
+    /// `send` of the whole queue already made (`Ok(0)`: none made).
+    #[cold]
+    #[inline(never)]
+    fn write_conn_slow(&mut self, id: ConnId, first: io::Result<usize>) -> bool {
         let budget = self.config.write_budget;
         let now = self.now;
         let Some(c) = conn_in(&mut self.entries, id) else {
             return false;
         };
-        c.flags &= !PENDING;
         if c.flags & (BLOCKED | CONNECTING) != 0 {
             return false; // WRITABLE (or the connect finishing) brings it back
         }
         let mut sent = 0;
         let mut more = false;
+        let mut res = Some(first);
         while c.written < c.output.len() {
             let end = c.output.len().min(c.written + (budget - sent));
-            match c.stream.send(&c.output[c.written..end]) {
+            let r = match res.take() {
+                Some(r) => r,
+                None => c.stream.send(&c.output[c.written..end]),
+            };
+            match r {
                 Ok(n) => {
                     c.written += n;
                     sent += n;
@@ -516,7 +555,6 @@ impl Core {
             && c.flags & (PAUSED | CLOSING | SHUTDOWN) == 0
             && c.output.capacity() <= KEEP_BUF
         {
-            // The common case: all sent, nothing else to do; the buffer stays.
             c.output.clear();
             c.written = 0;
             return true;

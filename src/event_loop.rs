@@ -111,25 +111,39 @@ const READ: u8 = 1;
 const WRITE: u8 = 2;
 const HUP: u8 = 4;
 
+const EP_IN: u32 = libc::EPOLLIN as u32;
+const EP_PRI: u32 = libc::EPOLLPRI as u32;
+const EP_OUT: u32 = libc::EPOLLOUT as u32;
+const EP_ERR: u32 = libc::EPOLLERR as u32;
+const EP_HUP: u32 = libc::EPOLLHUP as u32;
+const EP_RDHUP: u32 = libc::EPOLLRDHUP as u32;
+
+/// Readable, for an epoll event mask, as mio reads it (readable or read
+/// closed or error).
+#[inline(always)]
+fn readable(ev: u32) -> bool {
+    ev & (EP_IN | EP_PRI | EP_ERR | EP_HUP) != 0
+}
+
+/// Hung up: read closed (EPOLLHUP, or EPOLLIN with EPOLLRDHUP) or error.
+#[inline(always)]
+fn hung_up(ev: u32) -> bool {
+    ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP
+}
+
 /// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
 /// EPOLLIN or EPOLLPRI; read-closed is EPOLLHUP, or EPOLLIN with EPOLLRDHUP;
 /// an error (EPOLLERR) counts as all three.
-#[inline(always)]
-fn bits_of(mask: u32) -> u8 {
-    const IN: u32 = libc::EPOLLIN as u32;
-    const PRI: u32 = libc::EPOLLPRI as u32;
-    const OUT: u32 = libc::EPOLLOUT as u32;
-    const ERR: u32 = libc::EPOLLERR as u32;
-    const HANGUP: u32 = libc::EPOLLHUP as u32;
-    const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+#[inline]
+fn bits_of(ev: u32) -> u8 {
     let mut bits = 0;
-    if mask & (IN | PRI | ERR | HANGUP) != 0 {
+    if readable(ev) {
         bits |= READ;
     }
-    if mask & (OUT | ERR) != 0 {
+    if ev & (EP_OUT | EP_ERR) != 0 {
         bits |= WRITE;
     }
-    if mask & (ERR | HANGUP) != 0 || mask & (IN | RDHUP) == IN | RDHUP {
+    if hung_up(ev) {
         bits |= HUP;
     }
     bits
@@ -409,7 +423,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Writes one connection's queue; `on_drain` when it empties. What
     /// `on_drain` queues waits for the next turn, whose poll will not block.
-    #[inline]
+    #[inline(always)]
     fn flush_one(&mut self, id: ConnId) {
         if self.core.write_conn(id) {
             self.blame = id.as_u64();
@@ -431,7 +445,7 @@ impl<H: Handler> EventLoop<H> {
             self.core.stats.events += 1;
             let token = ev.u64 as usize;
             if token < TIMER.0 {
-                self.on_event(ConnId::from_token(Token(token)), bits_of(ev.events));
+                self.on_event(ConnId::from_token(Token(token)), ev.events);
                 continue;
             }
             match Token(token) {
@@ -463,13 +477,14 @@ impl<H: Handler> EventLoop<H> {
     /// An event for a socket: a stream connection's goes straight into the
     /// read loop, whose first slab lookup serves as the event's.
     #[inline(always)]
-    fn on_event(&mut self, id: ConnId, bits: u8) {
-        self.read_conn(id, bits, FROM_EVENT);
+    fn on_event(&mut self, id: ConnId, ev: u32) {
+        self.read_conn(id, ev, FROM_EVENT);
     }
 
     /// An event for a socket other than an open stream connection.
     #[inline(never)]
-    fn on_other_event(&mut self, id: ConnId, bits: u8) {
+    fn on_other_event(&mut self, id: ConnId, ev: u32) {
+        let bits = bits_of(ev);
         let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
             return;
         };
@@ -505,7 +520,8 @@ impl<H: Handler> EventLoop<H> {
 
     /// A connection still connecting, or waiting for WRITABLE.
     #[cold]
-    fn conn_event_slow(&mut self, id: ConnId, bits: u8) {
+    fn conn_event_slow(&mut self, id: ConnId, ev: u32) {
+        let bits = bits_of(ev);
         let Some(c) = self.core.conn(id) else { return };
         if c.flags & CONNECTING != 0 {
             self.finish_connect(id);
@@ -515,7 +531,7 @@ impl<H: Handler> EventLoop<H> {
             c.flags &= !BLOCKED;
             self.core.mark_pending(id);
         }
-        self.read_conn(id, bits, IN_LOOP);
+        self.read_conn(id, ev, IN_LOOP);
     }
 
     fn on_ready(&mut self, id: ConnId) {
@@ -523,7 +539,7 @@ impl<H: Handler> EventLoop<H> {
             Some(Entry { gen, kind }) if *gen == id.gen => match kind {
                 Kind::Conn(c) => {
                     c.flags &= !READY;
-                    self.read_conn(id, READ, IN_LOOP);
+                    self.read_conn(id, EP_IN, IN_LOOP);
                 }
                 Kind::Listener { paused, .. } => {
                     *paused = false; // back from EMFILE backoff, or cut off by its budget
@@ -543,20 +559,19 @@ impl<H: Handler> EventLoop<H> {
     /// `on_other_event`, and one connecting or blocked to `conn_event_slow`),
     /// [`IN_LOOP`] otherwise.
     #[inline(always)]
-    fn read_conn(&mut self, id: ConnId, bits: u8, mut mask: u16) {
-        let hup = bits & HUP != 0;
+    fn read_conn(&mut self, id: ConnId, ev: u32, mut mask: u16) {
         let mut budget = self.core.config.read_budget;
         loop {
             let now = self.core.now;
             let Some(c) = crate::core::conn_in(&mut self.core.entries, id) else {
                 if mask == FROM_EVENT {
-                    self.on_other_event(id, bits);
+                    self.on_other_event(id, ev);
                 }
                 return;
             };
-            if c.flags & mask != 0 || bits & READ == 0 {
+            if c.flags & mask != 0 || !readable(ev) {
                 if mask == FROM_EVENT && c.flags & (CONNECTING | BLOCKED) != 0 {
-                    self.conn_event_slow(id, bits);
+                    self.conn_event_slow(id, ev);
                 }
                 return;
             }
@@ -587,7 +602,7 @@ impl<H: Handler> EventLoop<H> {
                 self.deliver_buffered(id, n);
             }
             self.dispatch_notices();
-            if n < self.rbuf.len() && !hup {
+            if n < self.rbuf.len() && !hung_up(ev) {
                 return;
             }
             budget = budget.saturating_sub(n);
