@@ -128,7 +128,9 @@ fn readable(ev: u32) -> bool {
 /// Hung up: read closed (EPOLLHUP, or EPOLLIN with EPOLLRDHUP) or error.
 #[inline(always)]
 fn hung_up(ev: u32) -> bool {
-    ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP
+    // One test in the common case: none of the three bits set.
+    ev & (EP_ERR | EP_HUP | EP_RDHUP) != 0
+        && (ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP)
 }
 
 /// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
