@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Interest, Poll};
-use slab::Slab;
 
 use crate::remote::Shared;
 use crate::sock::{Dgram, Listener, Stream};
@@ -93,8 +92,95 @@ pub(crate) enum Kind {
 }
 
 pub(crate) struct Entry {
-    pub(crate) gen: u32,   // matches ConnId::gen while this socket lives
+    pub(crate) gen: u32,   // matches ConnId::gen while this socket lives; 0: vacant
     pub(crate) kind: Kind, // the socket
+}
+
+/// The sockets by slot: a `Vec` with a free list. A vacant slot holds
+/// generation 0, which no id carries, and `Kind::Closed`, so a lookup needs
+/// only the generation check an id needs anyway (a slab would add its own
+/// occupied/vacant match).
+pub(crate) struct Entries {
+    slots: Vec<Entry>, // by key
+    free: Vec<u32>,    // vacant keys, the last freed reused first
+    len: usize,        // occupied slots
+}
+
+impl Entries {
+    fn with_capacity(n: usize) -> Entries {
+        Entries {
+            slots: Vec::with_capacity(n),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// The slot at `key`, occupied or not: callers compare generations.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut Entry> {
+        self.slots.get_mut(key)
+    }
+
+    /// The slot at `key`, occupied or not: callers compare generations.
+    #[inline(always)]
+    pub(crate) fn get(&self, key: usize) -> Option<&Entry> {
+        self.slots.get(key)
+    }
+
+    /// Occupied slots.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Puts `entry` (whose generation is not 0) in a free slot; its key.
+    fn insert(&mut self, entry: Entry) -> usize {
+        debug_assert_ne!(entry.gen, 0);
+        self.len += 1;
+        match self.free.pop() {
+            Some(k) => {
+                self.slots[k as usize] = entry;
+                k as usize
+            }
+            None => {
+                self.slots.push(entry);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The key the next `insert` will use.
+    fn next_key(&self) -> usize {
+        self.free.last().map_or(self.slots.len(), |&k| k as usize)
+    }
+
+    /// Frees an occupied slot.
+    pub(crate) fn remove(&mut self, key: usize) {
+        let Some(e) = self.slots.get_mut(key) else {
+            return;
+        };
+        if e.gen == 0 {
+            return;
+        }
+        *e = Entry {
+            gen: 0,
+            kind: Kind::Closed,
+        };
+        self.len -= 1;
+        self.free.push(key as u32);
+    }
+
+    /// Occupied slots and their keys.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> {
+        self.slots.iter().enumerate().filter(|(_, e)| e.gen != 0)
+    }
+
+    /// Occupied slots and their keys, mutably.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Entry)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, e)| e.gen != 0)
+    }
 }
 
 /// Something the dispatcher tells the handler once the current callback returns.
@@ -107,7 +193,7 @@ pub(crate) enum Notice {
 
 pub(crate) struct Core {
     pub(crate) poll: Poll,                         // the one poll of this loop
-    pub(crate) entries: Slab<Entry>,               // every socket, keyed by ConnId::key
+    pub(crate) entries: Entries,                   // every socket, keyed by ConnId::key
     pub(crate) gen: u32,                           // the last generation handed out
     pub(crate) timers: Timers,                     // user and internal timers
     pub(crate) config: Config,                     // limits
@@ -137,7 +223,7 @@ impl Core {
         let mut core = Core {
             timerfd,
             poll,
-            entries: Slab::with_capacity(64),
+            entries: Entries::with_capacity(64),
             gen: 0,
             timers: Timers::new(),
             config,
@@ -162,13 +248,13 @@ impl Core {
 
     /// Puts a socket in the slab and registers it.
     pub(crate) fn insert(&mut self, kind: Kind) -> io::Result<ConnId> {
-        self.gen = self.gen.wrapping_add(1);
+        self.gen = self.gen.wrapping_add(1).max(1); // 0 marks a vacant slot
         let gen = self.gen;
-        let entry = self.entries.vacant_entry();
-        let key = u32::try_from(entry.key())
+        let key = u32::try_from(self.entries.next_key())
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "too many sockets"))?;
         let id = ConnId::new(key, gen);
-        let entry = entry.insert(Entry { gen, kind });
+        self.entries.insert(Entry { gen, kind });
+        let entry = &mut self.entries.slots[key as usize];
         let registry = self.poll.registry();
         let res = match &mut entry.kind {
             Kind::Listener { l, .. } => {
@@ -386,22 +472,61 @@ impl Core {
     /// Writes a pending connection's queue until it empties, the kernel
     /// refuses, or the write budget is spent (one `send` in the common case).
     /// Returns true if the queue emptied and the connection is still open.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_conn(&mut self, id: ConnId) -> bool {
+        let now = self.now;
+        let budget = self.config.write_budget;
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return false;
+        };
+        c.flags &= !PENDING;
+        if c.flags & (BLOCKED | CONNECTING | PAUSED | CLOSING | SHUTDOWN) != 0
+            || c.written != 0
+            || c.output.is_empty()
+            || c.output.len() > budget
+            || c.output.capacity() > KEEP_BUF
+        {
+            return self.write_conn_slow(id, Ok(0));
+        }
+        // The common case: a small queue, sent whole by one `send`; the
+        // buffer stays for the next message.
+        let res = c.stream.send(&c.output);
+        match res {
+            Ok(n) if n == c.output.len() => {
+                self.stats.bytes_written += n as u64;
+                if n > 0 {
+                    c.last_active = now;
+                }
+                c.output.clear();
+                true
+            }
+            _ => self.write_conn_slow(id, res),
+        }
+    }
+
+    /// `write_conn` beyond its common case; `first` is the result of a
+    /// `send` of the whole queue already made (`Ok(0)`: none made).
+    #[cold]
+    #[inline(never)]
+    fn write_conn_slow(&mut self, id: ConnId, first: io::Result<usize>) -> bool {
         let budget = self.config.write_budget;
         let now = self.now;
         let Some(c) = conn_in(&mut self.entries, id) else {
             return false;
         };
-        c.flags &= !PENDING;
         if c.flags & (BLOCKED | CONNECTING) != 0 {
             return false; // WRITABLE (or the connect finishing) brings it back
         }
         let mut sent = 0;
         let mut more = false;
+        let mut res = Some(first);
         while c.written < c.output.len() {
             let end = c.output.len().min(c.written + (budget - sent));
-            match c.stream.send(&c.output[c.written..end]) {
+            let r = match res.take() {
+                Some(r) => r,
+                None => c.stream.send(&c.output[c.written..end]),
+            };
+            match r {
                 Ok(n) => {
                     c.written += n;
                     sent += n;
@@ -430,7 +555,6 @@ impl Core {
             && c.flags & (PAUSED | CLOSING | SHUTDOWN) == 0
             && c.output.capacity() <= KEEP_BUF
         {
-            // The common case: all sent, nothing else to do; the buffer stays.
             c.output.clear();
             c.written = 0;
             return true;
@@ -645,7 +769,7 @@ impl Core {
 
 /// The stream connection an id names, borrowing only the slab.
 #[inline]
-pub(crate) fn conn_in(entries: &mut Slab<Entry>, id: ConnId) -> Option<&mut Conn> {
+pub(crate) fn conn_in(entries: &mut Entries, id: ConnId) -> Option<&mut Conn> {
     match entries.get_mut(id.key as usize) {
         Some(Entry {
             gen,
@@ -657,7 +781,7 @@ pub(crate) fn conn_in(entries: &mut Slab<Entry>, id: ConnId) -> Option<&mut Conn
 
 /// The live entry an id names, borrowing only the slab.
 #[inline]
-pub(crate) fn live(entries: &mut Slab<Entry>, id: ConnId) -> Result<&mut Entry, Error> {
+pub(crate) fn live(entries: &mut Entries, id: ConnId) -> Result<&mut Entry, Error> {
     match entries.get_mut(id.key as usize) {
         Some(e) if e.gen == id.gen && !matches!(e.kind, Kind::Closed) => Ok(e),
         _ => Err(Error::Stale),

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use mio::{Events, Poll, Token};
+use std::os::fd::AsRawFd;
+
+use mio::{Poll, Token};
 
 use crate::clock;
 use crate::core::{
@@ -84,26 +86,70 @@ const DATAGRAM_BUDGET: usize = 64;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct EventLoop<H: Handler> {
-    core: Core,                   // the sockets, timers and limits callbacks reach
-    handler: H,                   // the user's handler
-    events: Events,               // readiness from the last poll
-    batch: Vec<(usize, u8)>,      // that readiness as (token, READ|WRITE|HUP)
-    cursor: usize,                // the next entry of `batch` to serve
-    ready_work: Vec<ConnId>,      // the ready list being served this turn
-    flush_work: Vec<ConnId>,      // the pending list being flushed this turn
-    states: Vec<Option<H::Conn>>, // per-connection state, by slot
-    rbuf: Box<[u8]>,              // the one read buffer
-    rx: mpsc::Receiver<H::Msg>,   // messages from handles
-    tx: mpsc::Sender<H::Msg>,     // cloned into handles
+    core: Core,                     // the sockets, timers and limits callbacks reach
+    handler: H,                     // the user's handler
+    events: Vec<libc::epoll_event>, // readiness from the last poll, straight from epoll_wait
+    cursor: usize,                  // the next entry of `events` to serve
+    ready_work: Vec<ConnId>,        // the ready list being served this turn
+    flush_work: Vec<ConnId>,        // the pending list being flushed this turn
+    states: Vec<Option<H::Conn>>,   // per-connection state, by slot
+    rbuf: Box<[u8]>,                // the one read buffer
+    rx: mpsc::Receiver<H::Msg>,     // messages from handles
+    tx: mpsc::Sender<H::Msg>,       // cloned into handles
     signals: Option<signal_hook_mio::v1_0::Signals>, // SIGINT/SIGTERM, once asked for
-    scratch: Vec<ConnId>,         // reused id lists
+    scratch: Vec<ConnId>,           // reused id lists
     blame: u64, // the connection the running callback is about (ConnId::as_u64; 0: none)
 }
 
-// Readiness bits in `batch`.
+/// Flags that stop the read loop.
+const IN_LOOP: u16 = EOF | PAUSED | CLOSING | CONNECTING;
+/// The same on entry from an event, plus BLOCKED (the slow path's).
+const FROM_EVENT: u16 = IN_LOOP | BLOCKED;
+
+// Readiness bits, as mio's `Event` reads an epoll mask.
 const READ: u8 = 1;
 const WRITE: u8 = 2;
 const HUP: u8 = 4;
+
+const EP_IN: u32 = libc::EPOLLIN as u32;
+const EP_PRI: u32 = libc::EPOLLPRI as u32;
+const EP_OUT: u32 = libc::EPOLLOUT as u32;
+const EP_ERR: u32 = libc::EPOLLERR as u32;
+const EP_HUP: u32 = libc::EPOLLHUP as u32;
+const EP_RDHUP: u32 = libc::EPOLLRDHUP as u32;
+
+/// Readable, for an epoll event mask, as mio reads it (readable or read
+/// closed or error).
+#[inline(always)]
+fn readable(ev: u32) -> bool {
+    ev & (EP_IN | EP_PRI | EP_ERR | EP_HUP) != 0
+}
+
+/// Hung up: read closed (EPOLLHUP, or EPOLLIN with EPOLLRDHUP) or error.
+#[inline(always)]
+fn hung_up(ev: u32) -> bool {
+    // One test in the common case: none of the three bits set.
+    ev & (EP_ERR | EP_HUP | EP_RDHUP) != 0
+        && (ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP)
+}
+
+/// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
+/// EPOLLIN or EPOLLPRI; read-closed is EPOLLHUP, or EPOLLIN with EPOLLRDHUP;
+/// an error (EPOLLERR) counts as all three.
+#[inline]
+fn bits_of(ev: u32) -> u8 {
+    let mut bits = 0;
+    if readable(ev) {
+        bits |= READ;
+    }
+    if ev & (EP_OUT | EP_ERR) != 0 {
+        bits |= WRITE;
+    }
+    if hung_up(ev) {
+        bits |= HUP;
+    }
+    bits
+}
 
 impl<H: Handler> std::fmt::Debug for EventLoop<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,12 +182,11 @@ impl<H: Handler> EventLoop<H> {
             stop: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
-        let events = Events::with_capacity(config.events_capacity.max(1));
+        let events = Vec::with_capacity(config.events_capacity.clamp(1, 1 << 20));
         Ok(EventLoop {
             core: Core::new(poll, config, shared)?,
             handler,
             events,
-            batch: Vec::new(),
             cursor: 0,
             ready_work: Vec::new(),
             flush_work: Vec::new(),
@@ -285,29 +330,45 @@ impl<H: Handler> EventLoop<H> {
             wait = Some(Duration::ZERO);
         }
         self.core.stats.polls += 1;
-        if let Err(e) = self.core.poll.poll(&mut self.events, wait) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            self.events.clear();
-        }
-        self.batch.clear();
-        for ev in self.events.iter() {
-            let mut bits = 0;
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                bits |= READ;
-            }
-            if ev.is_writable() || ev.is_error() {
-                bits |= WRITE;
-            }
-            if ev.is_read_closed() || ev.is_error() {
-                bits |= HUP;
-            }
-            self.batch.push((ev.token().0, bits));
-        }
+        self.epoll_wait(wait)?;
         self.cursor = 0;
         self.guarded(Self::turn);
         Ok(true)
+    }
+
+    /// Polls into `events`: epoll_wait on mio's epoll fd directly, as mio
+    /// would (same timeout rounding), without copying into mio's `Events`.
+    #[inline(always)]
+    fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ms = match timeout {
+            None => -1,
+            Some(to) => to
+                .checked_add(Duration::from_nanos(999_999))
+                .unwrap_or(to)
+                .as_millis()
+                .min(libc::c_int::MAX as u128) as libc::c_int,
+        };
+        self.events.clear();
+        // SAFETY: the buffer has room for `capacity` events, the count passed;
+        // epoll_wait initialises the first `n` of them.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.core.poll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.capacity() as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            // SAFETY: epoll_wait wrote `n` (<= capacity) events.
+            unsafe { self.events.set_len(n as usize) };
+        }
+        Ok(())
     }
 
     /// Everything between two polls, under one `catch_unwind`.
@@ -364,7 +425,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Writes one connection's queue; `on_drain` when it empties. What
     /// `on_drain` queues waits for the next turn, whose poll will not block.
-    #[inline]
+    #[inline(always)]
     fn flush_one(&mut self, id: ConnId) {
         if self.core.write_conn(id) {
             self.blame = id.as_u64();
@@ -381,11 +442,12 @@ impl<H: Handler> EventLoop<H> {
     #[inline(always)]
     fn process(&mut self) {
         self.dispatch_notices();
-        while let Some(&(token, bits)) = self.batch.get(self.cursor) {
+        while let Some(&ev) = self.events.get(self.cursor) {
             self.cursor += 1;
             self.core.stats.events += 1;
+            let token = ev.u64 as usize;
             if token < TIMER.0 {
-                self.on_event(ConnId::from_token(Token(token)), bits);
+                self.on_event(ConnId::from_token(Token(token)), ev.events);
                 continue;
             }
             match Token(token) {
@@ -414,21 +476,22 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    /// An event for a socket: a stream connection's goes straight into the
+    /// read loop, whose first slab lookup serves as the event's.
     #[inline(always)]
-    fn on_event(&mut self, id: ConnId, bits: u8) {
+    fn on_event(&mut self, id: ConnId, ev: u32) {
+        self.read_conn(id, ev, FROM_EVENT);
+    }
+
+    /// An event for a socket other than an open stream connection.
+    #[inline(never)]
+    fn on_other_event(&mut self, id: ConnId, ev: u32) {
+        let bits = bits_of(ev);
         let Some(entry) = self.core.entries.get_mut(id.key as usize) else {
             return;
         };
         if entry.gen != id.gen {
             return; // a late event for a slot that was closed (and maybe reused)
-        }
-        if let Kind::Conn(c) = &mut entry.kind {
-            if c.flags & (CONNECTING | BLOCKED) != 0 {
-                self.conn_event_slow(id, bits);
-            } else if bits & READ != 0 {
-                self.read_conn(id, bits & HUP != 0);
-            }
-            return;
         }
         match &mut entry.kind {
             Kind::Conn(_) => {}
@@ -459,7 +522,8 @@ impl<H: Handler> EventLoop<H> {
 
     /// A connection still connecting, or waiting for WRITABLE.
     #[cold]
-    fn conn_event_slow(&mut self, id: ConnId, bits: u8) {
+    fn conn_event_slow(&mut self, id: ConnId, ev: u32) {
+        let bits = bits_of(ev);
         let Some(c) = self.core.conn(id) else { return };
         if c.flags & CONNECTING != 0 {
             self.finish_connect(id);
@@ -469,9 +533,7 @@ impl<H: Handler> EventLoop<H> {
             c.flags &= !BLOCKED;
             self.core.mark_pending(id);
         }
-        if bits & READ != 0 {
-            self.read_conn(id, bits & HUP != 0);
-        }
+        self.read_conn(id, ev, IN_LOOP);
     }
 
     fn on_ready(&mut self, id: ConnId) {
@@ -479,7 +541,7 @@ impl<H: Handler> EventLoop<H> {
             Some(Entry { gen, kind }) if *gen == id.gen => match kind {
                 Kind::Conn(c) => {
                     c.flags &= !READY;
-                    self.read_conn(id, false);
+                    self.read_conn(id, EP_IN, IN_LOOP);
                 }
                 Kind::Listener { paused, .. } => {
                     *paused = false; // back from EMFILE backoff, or cut off by its budget
@@ -493,18 +555,30 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Reads until `WouldBlock`, a short read, end of file, or the budget.
+    ///
+    /// `mask` holds the flags that stop reading: [`FROM_EVENT`] when called
+    /// for an event (then a socket that is not an open stream goes to
+    /// `on_other_event`, and one connecting or blocked to `conn_event_slow`),
+    /// [`IN_LOOP`] otherwise.
     #[inline(always)]
-    fn read_conn(&mut self, id: ConnId, hup: bool) {
+    fn read_conn(&mut self, id: ConnId, ev: u32, mut mask: u16) {
         let mut budget = self.core.config.read_budget;
-        self.blame = id.as_u64();
         loop {
             let now = self.core.now;
             let Some(c) = crate::core::conn_in(&mut self.core.entries, id) else {
+                if mask == FROM_EVENT {
+                    self.on_other_event(id, ev);
+                }
                 return;
             };
-            if c.flags & (EOF | PAUSED | CLOSING | CONNECTING) != 0 {
+            if c.flags & mask != 0 || !readable(ev) {
+                if mask == FROM_EVENT && c.flags & (CONNECTING | BLOCKED) != 0 {
+                    self.conn_event_slow(id, ev);
+                }
                 return;
             }
+            mask = IN_LOOP;
+            self.blame = id.as_u64();
             let n = match c.stream.read(&mut self.rbuf) {
                 Ok(n) if n > 0 => n,
                 Ok(_) => return self.on_eof(id),
@@ -530,7 +604,7 @@ impl<H: Handler> EventLoop<H> {
                 self.deliver_buffered(id, n);
             }
             self.dispatch_notices();
-            if n < self.rbuf.len() && !hup {
+            if n < self.rbuf.len() && !hung_up(ev) {
                 return;
             }
             budget = budget.saturating_sub(n);
@@ -942,6 +1016,16 @@ impl<H: Handler> EventLoop<H> {
 /// The state of a connection, created on first use.
 #[inline]
 fn state_of<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    let k = id.key as usize;
+    if let Some(Some(_)) = states.get(k) {
+        return states[k].as_mut().expect("checked");
+    }
+    new_state(states, id)
+}
+
+#[cold]
+#[inline(never)]
+fn new_state<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
     let k = id.key as usize;
     if k >= states.len() {
         states.resize_with(k + 1, || None);
