@@ -348,10 +348,9 @@ impl<'a> Context<'a> {
     /// fire in the order they were set.
     ///
     /// # Resolution
-    /// The loop sleeps in epoll, whose timeout is whole milliseconds (rounded
-    /// up), so a timer fires no earlier than asked and, on an idle loop, up to
-    /// a millisecond later. For finer pacing register a timerfd with
-    /// [`register_fd`](Context::register_fd).
+    /// Deadlines are kept in nanoseconds and wake the loop through a timerfd,
+    /// so a timer fires no earlier than asked and, on an idle loop, within
+    /// microseconds after; on a busy loop, at the end of the turn it falls in.
     pub fn set_timer(&mut self, delay: Duration) -> TimerId {
         let at = clock::now().saturating_add(clock::nanos(delay));
         self.core.timers.insert(at, None, TimerKind::User)
