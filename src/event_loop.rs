@@ -299,7 +299,27 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails; socket errors go to the handler.
     pub fn run(&mut self) -> io::Result<()> {
-        while self.run_once(None)? {}
+        // `run_once` in a loop, under one `catch_unwind` for the whole run
+        // rather than one per turn. After a panic the closure runs again and
+        // picks up where it was: the interrupted turn first (`in_turn`), or
+        // the work before the poll, as `run_once` would.
+        let mut out = Ok(false);
+        let mut in_turn = false;
+        self.guarded_mut(|me| loop {
+            if in_turn {
+                me.turn();
+                in_turn = false;
+            }
+            match me.before_poll::<false>(None) {
+                Ok(true) => in_turn = true,
+                done => {
+                    out = done;
+                    return;
+                }
+            }
+        });
+        out?; // the loop ends with a stop due (false) or an error
+        self.finish_stop();
         Ok(())
     }
 
@@ -310,13 +330,29 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if !self.before_poll::<true>(timeout)? {
+            self.finish_stop();
+            return Ok(false);
+        }
+        self.guarded(Self::turn);
+        Ok(true)
+    }
+
+    /// Up to and including the poll: work queued since the last turn (under
+    /// its own `catch_unwind` when `GUARD`), the stop check (false: the stop
+    /// is due, `finish_stop` is the caller's), the timer, `epoll_wait`.
+    #[inline(always)]
+    fn before_poll<const GUARD: bool>(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         // Work queued from outside a callback (before `run`, or between
         // calls to `run_once`); within `run` the previous turn did this.
         if !self.core.pending.is_empty() || !self.core.notices.is_empty() {
-            self.guarded(Self::before_sleep);
+            if GUARD {
+                self.guarded(Self::before_sleep);
+            } else {
+                self.before_sleep();
+            }
         }
         if self.core.stop_now || self.stop_finished() {
-            self.finish_stop();
             return Ok(false);
         }
 
@@ -332,7 +368,6 @@ impl<H: Handler> EventLoop<H> {
         self.core.stats.polls += 1;
         self.epoll_wait(wait)?;
         self.cursor = 0;
-        self.guarded(Self::turn);
         Ok(true)
     }
 
@@ -371,7 +406,7 @@ impl<H: Handler> EventLoop<H> {
         Ok(())
     }
 
-    /// Everything between two polls, under one `catch_unwind`.
+    /// Everything between two polls.
     #[inline(always)]
     fn turn(&mut self) {
         self.process();
@@ -382,8 +417,13 @@ impl<H: Handler> EventLoop<H> {
     /// connection being served is closed with [`CloseReason::Panic`], and `f`
     /// runs again to finish its work (each phase keeps its place in `self`,
     /// so nothing is served twice or skipped). One `catch_unwind` per phase
-    /// per turn, not per callback.
+    /// per turn (per run under `run`), not per callback.
     fn guarded(&mut self, f: impl Fn(&mut Self)) {
+        self.guarded_mut(f);
+    }
+
+    /// `guarded` for a closure with state of its own.
+    fn guarded_mut(&mut self, mut f: impl FnMut(&mut Self)) {
         if !self.core.config.catch_panics {
             f(self);
             return;
