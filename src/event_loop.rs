@@ -133,6 +133,13 @@ fn hung_up(ev: u32) -> bool {
         && (ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP)
 }
 
+/// `hung_up` kept out of the read loop: called only when a hang-up bit is set.
+#[cold]
+#[inline(never)]
+fn hung_up_rare(ev: u32) -> bool {
+    hung_up(ev)
+}
+
 /// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
 /// EPOLLIN or EPOLLPRI; read-closed is EPOLLHUP, or EPOLLIN with EPOLLRDHUP;
 /// an error (EPOLLERR) counts as all three.
@@ -644,7 +651,10 @@ impl<H: Handler> EventLoop<H> {
                 self.deliver_buffered(id, n);
             }
             self.dispatch_notices();
-            if n < self.rbuf.len() && !hung_up(ev) {
+            // A short read ends the loop unless the peer hung up (then the
+            // next read meets end of file now, not after another poll).
+            if n < self.rbuf.len() && (ev & (EP_ERR | EP_HUP | EP_RDHUP) == 0 || !hung_up_rare(ev))
+            {
                 return;
             }
             budget = budget.saturating_sub(n);
