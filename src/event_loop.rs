@@ -308,20 +308,23 @@ impl<H: Handler> EventLoop<H> {
     pub fn run(&mut self) -> io::Result<()> {
         // `run_once` in a loop, under one `catch_unwind` for the whole run
         // rather than one per turn. After a panic the closure runs again and
-        // picks up where it was: the interrupted turn first (`in_turn`), or
-        // the work before the poll, as `run_once` would.
+        // first finishes the interrupted turn: each phase kept its place in
+        // `self`. (A panic before the poll, in `before_sleep`, finds no
+        // events left to serve; the turn then finishes that `before_sleep`.)
         let mut out = Ok(false);
-        let mut in_turn = false;
-        self.guarded_mut(|me| loop {
-            if in_turn {
+        let mut resumed = false;
+        self.guarded_mut(|me| {
+            if resumed {
                 me.turn();
-                in_turn = false;
             }
-            match me.before_poll::<false>(None) {
-                Ok(true) => in_turn = true,
-                done => {
-                    out = done;
-                    return;
+            resumed = true;
+            loop {
+                match me.before_poll::<false>(None) {
+                    Ok(true) => me.turn(),
+                    done => {
+                        out = done;
+                        return;
+                    }
                 }
             }
         });
@@ -513,9 +516,8 @@ impl<H: Handler> EventLoop<H> {
         while let Some(id) = self.ready_work.pop() {
             self.on_ready(id);
         }
-        if self.core.shared.notified.load(Ordering::Acquire)
-            || self.core.shared.stop.load(Ordering::Acquire)
-        {
+        let shared = &*self.core.shared;
+        if shared.notified.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
             self.drain_messages();
         }
         if self.core.stop_requested && self.core.stopping.is_none() {
