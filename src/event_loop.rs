@@ -355,7 +355,8 @@ impl<H: Handler> EventLoop<H> {
     fn before_poll<const GUARD: bool>(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         // Work queued from outside a callback (before `run`, or between
         // calls to `run_once`); within `run` the previous turn did this.
-        if !self.core.pending.is_empty() || !self.core.notices.is_empty() {
+        let queued = !self.core.pending.is_empty() || !self.core.notices.is_empty();
+        if queued {
             if GUARD {
                 self.guarded(Self::before_sleep);
             } else {
@@ -369,9 +370,9 @@ impl<H: Handler> EventLoop<H> {
         // Timers wake the poll through the timerfd: no timeout to compute.
         self.core.timerfd.arm(self.core.timers.peek());
         let mut wait = timeout;
+        // (Nothing can be queued now if nothing was before `before_sleep`.)
         if !self.core.ready.is_empty()
-            || !self.core.pending.is_empty()
-            || !self.core.notices.is_empty()
+            || queued && (!self.core.pending.is_empty() || !self.core.notices.is_empty())
         {
             wait = Some(Duration::ZERO);
         }
