@@ -331,18 +331,25 @@ impl Core {
         }) = self.entries.get_mut(id.key as usize)
         {
             if *gen == id.gen && c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) == 0 {
-                if data.len() >= DIRECT_SEND
-                    && c.written == c.output.len()
-                    && c.flags & (BLOCKED | CONNECTING) == 0
-                {
-                    return self.send_direct(id, data);
+                let len = c.output.len();
+                if data.len() > c.output.capacity() - len || data.len() >= DIRECT_SEND {
+                    return self.send_grow(id, data);
                 }
-                c.output.extend_from_slice(data);
+                // SAFETY: the spare capacity holds `data.len()` bytes (checked
+                // above); `data` cannot overlap the queue, borrowed mutably here.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        c.output.as_mut_ptr().add(len),
+                        data.len(),
+                    );
+                    c.output.set_len(len + data.len());
+                }
                 if c.flags & PENDING == 0 {
                     c.flags |= PENDING;
                     self.pending.push(id);
                 }
-                if c.output.len() - c.written > self.config.high_water {
+                if len + data.len() - c.written > self.config.high_water {
                     return self.over_high_water(id);
                 }
                 return Ok(());
@@ -351,10 +358,35 @@ impl Core {
         self.send_slow(id, data)
     }
 
+    /// `send` when the queue must grow, or for a large send.
+    #[cold]
+    #[inline(never)]
+    fn send_grow(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return Err(Error::Stale);
+        };
+        if data.len() >= DIRECT_SEND
+            && c.written == c.output.len()
+            && c.flags & (BLOCKED | CONNECTING) == 0
+        {
+            return self.send_direct(id, data);
+        }
+        c.output.extend_from_slice(data);
+        if c.flags & PENDING == 0 {
+            c.flags |= PENDING;
+            self.pending.push(id);
+        }
+        if c.output.len() - c.written > self.config.high_water {
+            return self.over_high_water(id);
+        }
+        Ok(())
+    }
+
     /// A large send to an empty queue goes straight to the socket: copying
     /// it into the queue first would cost a copy (and, past [`KEEP_BUF`], an
     /// allocation) per message, and combining gains nothing at this size.
     /// Whatever the kernel does not take is queued as usual.
+    #[inline(never)]
     fn send_direct(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let now = self.now;
         let Some(c) = conn_in(&mut self.entries, id) else {

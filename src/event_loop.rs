@@ -133,6 +133,13 @@ fn hung_up(ev: u32) -> bool {
         && (ev & (EP_ERR | EP_HUP) != 0 || ev & (EP_IN | EP_RDHUP) == EP_IN | EP_RDHUP)
 }
 
+/// `hung_up` kept out of the read loop: called only when a hang-up bit is set.
+#[cold]
+#[inline(never)]
+fn hung_up_rare(ev: u32) -> bool {
+    hung_up(ev)
+}
+
 /// READ|WRITE|HUP from an epoll event mask, with mio's meaning: readable is
 /// EPOLLIN or EPOLLPRI; read-closed is EPOLLHUP, or EPOLLIN with EPOLLRDHUP;
 /// an error (EPOLLERR) counts as all three.
@@ -299,7 +306,30 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails; socket errors go to the handler.
     pub fn run(&mut self) -> io::Result<()> {
-        while self.run_once(None)? {}
+        // `run_once` in a loop, under one `catch_unwind` for the whole run
+        // rather than one per turn. After a panic the closure runs again and
+        // first finishes the interrupted turn: each phase kept its place in
+        // `self`. (A panic before the poll, in `before_sleep`, finds no
+        // events left to serve; the turn then finishes that `before_sleep`.)
+        let mut out = Ok(false);
+        let mut resumed = false;
+        self.guarded_mut(|me| {
+            if resumed {
+                me.turn();
+            }
+            resumed = true;
+            loop {
+                match me.before_poll::<false>(None) {
+                    Ok(true) => me.turn(),
+                    done => {
+                        out = done;
+                        return;
+                    }
+                }
+            }
+        });
+        out?; // the loop ends with a stop due (false) or an error
+        self.finish_stop();
         Ok(())
     }
 
@@ -310,29 +340,45 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if !self.before_poll::<true>(timeout)? {
+            self.finish_stop();
+            return Ok(false);
+        }
+        self.guarded(Self::turn);
+        Ok(true)
+    }
+
+    /// Up to and including the poll: work queued since the last turn (under
+    /// its own `catch_unwind` when `GUARD`), the stop check (false: the stop
+    /// is due, `finish_stop` is the caller's), the timer, `epoll_wait`.
+    #[inline(always)]
+    fn before_poll<const GUARD: bool>(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         // Work queued from outside a callback (before `run`, or between
         // calls to `run_once`); within `run` the previous turn did this.
-        if !self.core.pending.is_empty() || !self.core.notices.is_empty() {
-            self.guarded(Self::before_sleep);
+        let queued = !self.core.pending.is_empty() || !self.core.notices.is_empty();
+        if queued {
+            if GUARD {
+                self.guarded(Self::before_sleep);
+            } else {
+                self.before_sleep();
+            }
         }
         if self.core.stop_now || self.stop_finished() {
-            self.finish_stop();
             return Ok(false);
         }
 
         // Timers wake the poll through the timerfd: no timeout to compute.
         self.core.timerfd.arm(self.core.timers.peek());
         let mut wait = timeout;
+        // (Nothing can be queued now if nothing was before `before_sleep`.)
         if !self.core.ready.is_empty()
-            || !self.core.pending.is_empty()
-            || !self.core.notices.is_empty()
+            || queued && (!self.core.pending.is_empty() || !self.core.notices.is_empty())
         {
             wait = Some(Duration::ZERO);
         }
         self.core.stats.polls += 1;
         self.epoll_wait(wait)?;
         self.cursor = 0;
-        self.guarded(Self::turn);
         Ok(true)
     }
 
@@ -371,7 +417,7 @@ impl<H: Handler> EventLoop<H> {
         Ok(())
     }
 
-    /// Everything between two polls, under one `catch_unwind`.
+    /// Everything between two polls.
     #[inline(always)]
     fn turn(&mut self) {
         self.process();
@@ -382,8 +428,13 @@ impl<H: Handler> EventLoop<H> {
     /// connection being served is closed with [`CloseReason::Panic`], and `f`
     /// runs again to finish its work (each phase keeps its place in `self`,
     /// so nothing is served twice or skipped). One `catch_unwind` per phase
-    /// per turn, not per callback.
+    /// per turn (per run under `run`), not per callback.
     fn guarded(&mut self, f: impl Fn(&mut Self)) {
+        self.guarded_mut(f);
+    }
+
+    /// `guarded` for a closure with state of its own.
+    fn guarded_mut(&mut self, mut f: impl FnMut(&mut Self)) {
         if !self.core.config.catch_panics {
             f(self);
             return;
@@ -466,9 +517,8 @@ impl<H: Handler> EventLoop<H> {
         while let Some(id) = self.ready_work.pop() {
             self.on_ready(id);
         }
-        if self.core.shared.notified.load(Ordering::Acquire)
-            || self.core.shared.stop.load(Ordering::Acquire)
-        {
+        let shared = &*self.core.shared;
+        if shared.notified.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
             self.drain_messages();
         }
         if self.core.stop_requested && self.core.stopping.is_none() {
@@ -604,7 +654,10 @@ impl<H: Handler> EventLoop<H> {
                 self.deliver_buffered(id, n);
             }
             self.dispatch_notices();
-            if n < self.rbuf.len() && !hung_up(ev) {
+            // A short read ends the loop unless the peer hung up (then the
+            // next read meets end of file now, not after another poll).
+            if n < self.rbuf.len() && (ev & (EP_ERR | EP_HUP | EP_RDHUP) == 0 || !hung_up_rare(ev))
+            {
                 return;
             }
             budget = budget.saturating_sub(n);
