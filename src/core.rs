@@ -371,15 +371,7 @@ impl Core {
         {
             return self.send_direct(id, data);
         }
-        c.output.extend_from_slice(data);
-        if c.flags & PENDING == 0 {
-            c.flags |= PENDING;
-            self.pending.push(id);
-        }
-        if c.output.len() - c.written > self.config.high_water {
-            return self.over_high_water(id);
-        }
-        Ok(())
+        self.enqueue(id, data)
     }
 
     /// A large send to an empty queue goes straight to the socket: copying
@@ -407,12 +399,21 @@ impl Core {
         if n == data.len() {
             return Ok(());
         }
-        c.output.extend_from_slice(&data[n..]);
-        if c.flags & PENDING == 0 {
-            c.flags |= PENDING;
-            self.pending.push(id);
-        }
-        if c.output.len() - c.written > self.config.high_water {
+        self.enqueue(id, &data[n..])
+    }
+
+    /// Appends to a live connection's queue (growing it), marks it pending
+    /// and applies the high-water mark: the out-of-line twin of `send`'s
+    /// fast path.
+    fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let high = self.config.high_water;
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return Err(Error::Stale);
+        };
+        c.output.extend_from_slice(data);
+        let over = c.queued() > high;
+        self.mark_pending(id);
+        if over {
             return self.over_high_water(id);
         }
         Ok(())
@@ -583,18 +584,11 @@ impl Core {
         if sent > 0 {
             c.last_active = now;
         }
-        if c.written == c.output.len()
-            && c.flags & (PAUSED | CLOSING | SHUTDOWN) == 0
-            && c.output.capacity() <= KEEP_BUF
-        {
-            c.output.clear();
-            c.written = 0;
-            return true;
-        }
         self.after_write(id, more)
     }
 
-    /// What follows a write that did not simply empty a small queue.
+    /// What follows a write beyond the fast path: reading resumed below low
+    /// water, the buffer freed or compacted, a shutdown or close finished.
     #[cold]
     fn after_write(&mut self, id: ConnId, more: bool) -> bool {
         let low = self.config.low_water;

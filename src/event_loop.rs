@@ -1079,21 +1079,22 @@ fn state_of<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
 #[cold]
 #[inline(never)]
 fn new_state<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
-    let k = id.key as usize;
-    if k >= states.len() {
-        states.resize_with(k + 1, || None);
-    }
-    states[k].get_or_insert_with(S::default)
+    state_slot(states, id).get_or_insert_with(S::default)
 }
 
 /// A new connection's state, replacing anything a previous occupant of the
 /// slot left.
 fn fresh_state<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    state_slot(states, id).insert(S::default())
+}
+
+/// The state slot of a connection, the list grown to hold it.
+fn state_slot<S>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut Option<S> {
     let k = id.key as usize;
     if k >= states.len() {
         states.resize_with(k + 1, || None);
     }
-    states[k].insert(S::default())
+    &mut states[k]
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
