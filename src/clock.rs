@@ -61,11 +61,16 @@ impl TimerFd {
 
     /// Sets the wake-up to `deadline` (loop clock, ns; `u64::MAX`: none)
     /// unless it is already set there.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn arm(&mut self, deadline: u64) {
-        if deadline == self.armed {
-            return;
+        if deadline != self.armed {
+            self.set(deadline);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set(&mut self, deadline: u64) {
         self.armed = deadline;
         let value = if deadline == u64::MAX {
             libc::timespec {

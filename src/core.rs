@@ -210,6 +210,16 @@ pub(crate) struct Core {
     pub(crate) accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
     pub(crate) emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
     pub(crate) shared: Arc<Shared>, // the waker and flags shared with handles
+    /// The connection whose `on_data` is running, as `ConnId::as_u64`, while
+    /// its first send may be a slice of the read buffer written without a
+    /// copy when `on_data` returns (its queue empty, its write side open);
+    /// 0 otherwise. Anything else done to a connection during the callback
+    /// settles the deferred send first (`Core::settle`).
+    pub(crate) hot: u64,
+    pub(crate) deferred_at: usize, // the deferred send: its address in the read buffer
+    pub(crate) deferred_len: usize, // and length (0: none)
+    pub(crate) rbuf_at: usize,     // the loop's read buffer: its address
+    pub(crate) rbuf_len: usize,    // and length
 }
 
 impl Core {
@@ -239,6 +249,11 @@ impl Core {
             accept_paused: Vec::new(),
             emfile_logged: None,
             shared,
+            hot: 0,
+            deferred_at: 0,
+            deferred_len: 0,
+            rbuf_at: 0,
+            rbuf_len: 0,
         };
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
@@ -279,15 +294,39 @@ impl Core {
         Ok(id)
     }
 
-    /// The live entry an id names.
+    /// The live entry an id names. Settles a deferred send first, so what
+    /// the caller sees or does to a connection follows every earlier send.
     #[inline]
     pub(crate) fn entry(&mut self, id: ConnId) -> Result<&mut Entry, Error> {
+        if self.hot != 0 {
+            self.settle();
+        }
         live(&mut self.entries, id)
     }
 
+    /// The stream connection an id names (settling a deferred send first).
     #[inline]
     pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        if self.hot != 0 {
+            self.settle();
+        }
         conn_in(&mut self.entries, id)
+    }
+
+    /// Ends the zero-copy window of the running `on_data`: a deferred send
+    /// is copied into its connection's queue, to go out before the next poll
+    /// like any other.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn settle(&mut self) {
+        let id = ConnId::from_u64(std::mem::take(&mut self.hot));
+        let len = std::mem::take(&mut self.deferred_len);
+        if len != 0 {
+            // SAFETY: a deferred send names `len` bytes of the loop's read
+            // buffer, which is not written while `on_data` runs.
+            let data = unsafe { std::slice::from_raw_parts(self.deferred_at as *const u8, len) };
+            let _ = self.enqueue(id, data);
+        }
     }
 
     pub(crate) fn fd_of(&mut self, id: ConnId) -> Result<RawFd, Error> {
@@ -321,10 +360,32 @@ impl Core {
     }
 
     /// Queues bytes on a stream, or sends a datagram on a connected socket.
-    /// The common case (a live, open stream under its high-water mark) takes
-    /// one slab lookup and a copy.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        if id.as_u64() == self.hot {
+            // The connection being read, sending (part of) what it was
+            // offered: nothing to copy, the loop writes it when `on_data`
+            // returns. Only the first send, and only while nothing else
+            // touched the connection: order is kept.
+            let off = (data.as_ptr() as usize).wrapping_sub(self.rbuf_at);
+            if self.deferred_len == 0
+                && off < self.rbuf_len
+                && data.len().wrapping_sub(1) < self.rbuf_len - off
+            {
+                self.deferred_at = data.as_ptr() as usize;
+                self.deferred_len = data.len();
+                return Ok(());
+            }
+            self.settle();
+        }
+        self.send_queued(id, data)
+    }
+
+    /// `send` by copying into the connection's queue: one slab lookup and a
+    /// copy in the common case (a live, open stream under its high-water
+    /// mark).
+    #[inline(never)]
+    fn send_queued(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         if let Some(Entry {
             gen,
             kind: Kind::Conn(c),
@@ -405,7 +466,7 @@ impl Core {
     /// Appends to a live connection's queue (growing it), marks it pending
     /// and applies the high-water mark: the out-of-line twin of `send`'s
     /// fast path.
-    fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let high = self.config.high_water;
         let Some(c) = conn_in(&mut self.entries, id) else {
             return Err(Error::Stale);

@@ -35,7 +35,8 @@ use mio::{Poll, Token};
 
 use crate::clock;
 use crate::core::{
-    Core, Entry, Kind, Notice, BLOCKED, CLOSING, CONNECTING, COUNTED, EOF, PAUSED, READY,
+    Core, Entry, Kind, Notice, BLOCKED, CLOSING, CONNECTING, COUNTED, EOF, PAUSED, READY, SHUTDOWN,
+    WRITE_SHUT,
 };
 use crate::remote::Shared;
 use crate::sock::{self, Stream};
@@ -190,15 +191,19 @@ impl<H: Handler> EventLoop<H> {
         });
         let (tx, rx) = mpsc::channel();
         let events = Vec::with_capacity(config.events_capacity.clamp(1, 1 << 20));
+        let rbuf = vec![0; READ_BUF].into_boxed_slice();
+        let mut core = Core::new(poll, config, shared)?;
+        core.rbuf_at = rbuf.as_ptr() as usize;
+        core.rbuf_len = rbuf.len();
         Ok(EventLoop {
-            core: Core::new(poll, config, shared)?,
+            core,
             handler,
             events,
             cursor: 0,
             ready_work: Vec::new(),
             flush_work: Vec::new(),
             states: Vec::new(),
-            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            rbuf,
             rx,
             tx,
             signals: None,
@@ -353,8 +358,29 @@ impl<H: Handler> EventLoop<H> {
     /// is due, `finish_stop` is the caller's), the timer, `epoll_wait`.
     #[inline(always)]
     fn before_poll<const GUARD: bool>(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        // One test for the common case: nothing queued, nothing ready, no
+        // stop under way.
+        let core = &self.core;
+        if (core.pending.len() | core.notices.len() | core.ready.len()) != 0
+            || core.stop_now
+            || core.stopping.is_some()
+        {
+            return self.before_poll_slow::<GUARD>(timeout);
+        }
+        // Timers wake the poll through the timerfd: no timeout to compute.
+        self.core.timerfd.arm(self.core.timers.peek());
+        self.poll(timeout)
+    }
+
+    /// `before_poll` with work queued or a stop under way.
+    #[cold]
+    #[inline(never)]
+    fn before_poll_slow<const GUARD: bool>(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> io::Result<bool> {
         // Work queued from outside a callback (before `run`, or between
-        // calls to `run_once`); within `run` the previous turn did this.
+        // calls to `run_once`), or by `on_drain` in the last flush.
         let queued = !self.core.pending.is_empty() || !self.core.notices.is_empty();
         if queued {
             if GUARD {
@@ -366,18 +392,21 @@ impl<H: Handler> EventLoop<H> {
         if self.core.stop_now || self.stop_finished() {
             return Ok(false);
         }
-
-        // Timers wake the poll through the timerfd: no timeout to compute.
         self.core.timerfd.arm(self.core.timers.peek());
         let mut wait = timeout;
-        // (Nothing can be queued now if nothing was before `before_sleep`.)
         if !self.core.ready.is_empty()
-            || queued && (!self.core.pending.is_empty() || !self.core.notices.is_empty())
+            || !self.core.pending.is_empty()
+            || !self.core.notices.is_empty()
         {
             wait = Some(Duration::ZERO);
         }
+        self.poll(wait)
+    }
+
+    #[inline(always)]
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         self.core.stats.polls += 1;
-        self.epoll_wait(wait)?;
+        self.epoll_wait(timeout)?;
         self.cursor = 0;
         Ok(true)
     }
@@ -446,6 +475,10 @@ impl<H: Handler> EventLoop<H> {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".into());
             self.core.stats.panics += 1;
+            // A send deferred by the interrupted `on_data` goes with its
+            // connection, which is closed below.
+            self.core.hot = 0;
+            self.core.deferred_len = 0;
             let blame = std::mem::take(&mut self.blame);
             match (blame != 0).then(|| ConnId::from_u64(blame)) {
                 Some(id) => {
@@ -492,7 +525,8 @@ impl<H: Handler> EventLoop<H> {
     /// After polling: every event, the ready list, messages, timers.
     #[inline(always)]
     fn process(&mut self) {
-        self.dispatch_notices();
+        // (No notices are waiting: the last `before_sleep`, or `before_poll`,
+        // delivered them, and nothing has run since.)
         while let Some(&ev) = self.events.get(self.cursor) {
             self.cursor += 1;
             self.core.stats.events += 1;
@@ -511,18 +545,24 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
         }
-        if self.ready_work.is_empty() && !self.core.ready.is_empty() {
+        // Messages and stops from other threads arrive as a waker event:
+        // every `Handle` call that finds no wake on its way sends one.
+        if (self.ready_work.len() | self.core.ready.len()) != 0 {
+            self.serve_ready();
+        }
+        if self.core.stop_requested && self.core.stopping.is_none() {
+            self.begin_stop();
+        }
+    }
+
+    /// The ready list: sockets cut off by a budget, or resumed.
+    #[inline(never)]
+    fn serve_ready(&mut self) {
+        if self.ready_work.is_empty() {
             std::mem::swap(&mut self.ready_work, &mut self.core.ready);
         }
         while let Some(id) = self.ready_work.pop() {
             self.on_ready(id);
-        }
-        let shared = &*self.core.shared;
-        if shared.notified.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
-            self.drain_messages();
-        }
-        if self.core.stop_requested && self.core.stopping.is_none() {
-            self.begin_stop();
         }
     }
 
@@ -642,11 +682,24 @@ impl<H: Handler> EventLoop<H> {
                 // Reading with nothing held back counts as progress for the
                 // idle timeout; bytes that never complete a message do not.
                 c.last_active = now;
+                // With nothing queued and the write side open, the first
+                // send of a slice of `rbuf` is written from `rbuf` itself
+                // when on_data returns (`Core::send`).
+                let fd = c.stream.fd();
+                self.core.hot = if c.output.is_empty() && c.flags & (SHUTDOWN | WRITE_SHUT) == 0 {
+                    id.as_u64()
+                } else {
+                    0
+                };
                 let state = state_of(&mut self.states, id);
                 let mut cx = Context {
                     core: &mut self.core,
                 };
                 let used = self.handler.on_data(&mut cx, id, state, &self.rbuf[..n]);
+                self.core.hot = 0;
+                if self.core.deferred_len != 0 {
+                    self.write_deferred(id, fd);
+                }
                 if used < n {
                     self.keep_input(id, used, n);
                 }
@@ -666,6 +719,54 @@ impl<H: Handler> EventLoop<H> {
                 return;
             }
         }
+    }
+
+    /// Writes the send `on_data` deferred (a slice of `rbuf`) straight to
+    /// the socket; `on_drain` when the kernel took it all, as after a flush.
+    #[inline(always)]
+    fn write_deferred(&mut self, id: ConnId, fd: std::os::fd::RawFd) {
+        let (at, len) = (self.core.deferred_at, self.core.deferred_len);
+        self.core.deferred_len = 0;
+        // SAFETY: the deferred send names `len` bytes of `rbuf`, unchanged
+        // since on_data was offered them; `fd` is the connection's socket,
+        // open since on_data cannot close it without settling the send.
+        let n = unsafe { libc::send(fd, at as *const libc::c_void, len, libc::MSG_NOSIGNAL) };
+        if n as usize != len {
+            return self.deferred_rest(id, n, at - self.core.rbuf_at, len);
+        }
+        self.core.stats.bytes_written += len as u64;
+        let state = state_of(&mut self.states, id);
+        let mut cx = Context {
+            core: &mut self.core,
+        };
+        self.handler.on_drain(&mut cx, id, state);
+    }
+
+    /// A deferred send the kernel did not take whole: the rest is queued, or
+    /// on an error the connection closes.
+    #[cold]
+    #[inline(never)]
+    fn deferred_rest(&mut self, id: ConnId, n: isize, off: usize, len: usize) {
+        let sent = if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {
+                    if let Some(c) = self.core.conn(id) {
+                        c.flags |= BLOCKED;
+                    }
+                }
+                io::ErrorKind::Interrupted => {} // queued: the flush tries again
+                _ => {
+                    self.core.close(id, CloseReason::from_io(&e), true);
+                    return;
+                }
+            }
+            0
+        } else {
+            n as usize
+        };
+        self.core.stats.bytes_written += sent as u64;
+        let _ = self.core.enqueue(id, &self.rbuf[off + sent..off + len]);
     }
 
     #[cold]
@@ -1069,6 +1170,13 @@ impl<H: Handler> EventLoop<H> {
 /// The state of a connection, created on first use.
 #[inline]
 fn state_of<S: Default>(states: &mut Vec<Option<S>>, id: ConnId) -> &mut S {
+    if std::mem::size_of::<S>() == 0 && !std::mem::needs_drop::<S>() {
+        // Nothing to look up for state without bytes or a destructor (such
+        // as `()`): every value is the same value, and `Default` makes one
+        // anyway. SAFETY: a dangling, aligned pointer is a valid reference
+        // to a zero-sized value.
+        return unsafe { &mut *std::ptr::NonNull::<S>::dangling().as_ptr() };
+    }
     let k = id.key as usize;
     if let Some(Some(_)) = states.get(k) {
         return states[k].as_mut().expect("checked");

@@ -19,7 +19,7 @@ pub(crate) enum Stream {
 
 impl Stream {
     #[inline]
-    fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
