@@ -146,6 +146,15 @@ impl<'a> Context<'a> {
     /// once per turn, before it sleeps, so several sends in one turn cost one
     /// system call. On a connected datagram socket, sends one datagram.
     ///
+    /// One case skips the queue: inside [`on_data`](crate::Handler::on_data),
+    /// sending (part of) the `data` just offered back to the same connection,
+    /// while nothing is queued for it. Those bytes are not copied: the loop
+    /// writes them from its read buffer as soon as `on_data` returns (an
+    /// echo, or a protocol that answers with a slice of its input, costs no
+    /// copy). Whatever the kernel does not take is queued as usual, and any
+    /// other call touching the connection first puts them in the queue, so
+    /// order is always kept.
+    ///
     /// # Errors
     /// [`Error::Stale`] for a closed id, [`Error::Closing`] after `close` or
     /// `shutdown`, [`Error::WrongKind`] for a listener, [`Error::QueueFull`]
@@ -505,7 +514,7 @@ impl<'a> Context<'a> {
     /// removed), every connection closes once its queue is flushed or the
     /// drain deadline ([`Config::drain_timeout`]) passes, then `run` returns.
     pub fn stop(&mut self) {
-        self.core.stop_requested = true;
+        self.core.stop |= crate::core::STOP_ASKED;
     }
 
     /// The current time (`Instant::now()`). The loop itself keeps only a

@@ -29,6 +29,11 @@ pub(crate) const READY: u16 = 1 << 7; // in `Core::ready`
 pub(crate) const BLOCKED: u16 = 1 << 8; // the kernel refused a write: wait for WRITABLE
 pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
 
+// Stop states (`Core::stop`), one byte so that the loop tests them at once.
+pub(crate) const STOP_ASKED: u8 = 1 << 0; // a stop was asked for; the dispatcher begins it
+pub(crate) const STOPPING: u8 = 1 << 1; // a graceful stop is draining
+pub(crate) const STOP_NOW: u8 = 1 << 2; // stop at once: abort what is left
+
 /// An emptied output buffer up to this capacity stays with its connection,
 /// so a steady stream of messages does not allocate; a larger one (grown by a
 /// burst) is freed as soon as it drains. The idle sweep frees the small ones
@@ -203,9 +208,7 @@ pub(crate) struct Core {
     pub(crate) pending: Vec<ConnId>, // sockets with output to flush before the next poll
     pub(crate) ready: Vec<ConnId>, // sockets to read again before blocking (budget cut, resumed)
     pub(crate) notices: VecDeque<Notice>, // for the handler, after the current callback
-    pub(crate) stop_requested: bool, // stop asked for; the dispatcher begins it
-    pub(crate) stopping: Option<u64>, // a graceful stop's drain deadline
-    pub(crate) stop_now: bool, // stop at once: abort what is left
+    pub(crate) stop: u8, // STOP_ASKED, STOPPING, STOP_NOW: 0 while running
     pub(crate) sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
     pub(crate) accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
     pub(crate) emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
@@ -242,9 +245,7 @@ impl Core {
             pending: Vec::with_capacity(64),
             ready: Vec::new(),
             notices: VecDeque::new(),
-            stop_requested: false,
-            stopping: None,
-            stop_now: false,
+            stop: 0,
             sweep: None,
             accept_paused: Vec::new(),
             emfile_logged: None,

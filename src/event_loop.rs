@@ -6,8 +6,14 @@
 //!    before-sleep write: replies produced in one turn go out together);
 //! 3. poll, with a zero timeout while the ready list is not empty, else
 //!    until the next timer;
-//! 4. read the clock once; dispatch each event; serve the ready list;
-//!    messages from other threads; due timers.
+//! 4. dispatch each event (messages from other threads and due timers
+//!    arrive as events too); serve the ready list.
+//!
+//! A turn that leaves nothing queued, ready or to tell, with no stop under
+//! way, is "quiet": the next turn skips 1 and 2 after one test. A reply
+//! that is a slice of the input just read goes out straight from the read
+//! buffer when `on_data` returns (`Core::send`), so an echo-like turn is a
+//! poll, a read, a write and a handful of tests.
 //!
 //! **Edge-triggered readiness and budgets.** mio reports a socket once per
 //! change, so every read, accept and write loop runs until `WouldBlock`, or
@@ -36,7 +42,7 @@ use mio::{Poll, Token};
 use crate::clock;
 use crate::core::{
     Core, Entry, Kind, Notice, BLOCKED, CLOSING, CONNECTING, COUNTED, EOF, PAUSED, READY, SHUTDOWN,
-    WRITE_SHUT,
+    STOPPING, STOP_ASKED, STOP_NOW, WRITE_SHUT,
 };
 use crate::remote::Shared;
 use crate::sock::{self, Stream};
@@ -319,13 +325,16 @@ impl<H: Handler> EventLoop<H> {
         let mut out = Ok(false);
         let mut resumed = false;
         self.guarded_mut(|me| {
+            // `quiet`: the last turn left nothing queued and no stop under
+            // way, so the next poll needs no checks first.
+            let mut quiet = false;
             if resumed {
                 me.turn();
             }
             resumed = true;
             loop {
-                match me.before_poll::<false>(None) {
-                    Ok(true) => me.turn(),
+                match me.before_poll::<false>(None, quiet) {
+                    Ok(true) => quiet = me.turn(),
                     done => {
                         out = done;
                         return;
@@ -345,11 +354,13 @@ impl<H: Handler> EventLoop<H> {
     /// # Errors
     /// The OS error if polling fails.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        if !self.before_poll::<true>(timeout)? {
+        if !self.before_poll::<true>(timeout, false)? {
             self.finish_stop();
             return Ok(false);
         }
-        self.guarded(Self::turn);
+        self.guarded(|me| {
+            me.turn();
+        });
         Ok(true)
     }
 
@@ -357,14 +368,12 @@ impl<H: Handler> EventLoop<H> {
     /// its own `catch_unwind` when `GUARD`), the stop check (false: the stop
     /// is due, `finish_stop` is the caller's), the timer, `epoll_wait`.
     #[inline(always)]
-    fn before_poll<const GUARD: bool>(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        // One test for the common case: nothing queued, nothing ready, no
-        // stop under way.
-        let core = &self.core;
-        if (core.pending.len() | core.notices.len() | core.ready.len()) != 0
-            || core.stop_now
-            || core.stopping.is_some()
-        {
+    fn before_poll<const GUARD: bool>(
+        &mut self,
+        timeout: Option<Duration>,
+        quiet: bool,
+    ) -> io::Result<bool> {
+        if !quiet {
             return self.before_poll_slow::<GUARD>(timeout);
         }
         // Timers wake the poll through the timerfd: no timeout to compute.
@@ -389,7 +398,7 @@ impl<H: Handler> EventLoop<H> {
                 self.before_sleep();
             }
         }
-        if self.core.stop_now || self.stop_finished() {
+        if self.core.stop & STOP_NOW != 0 || self.stop_finished() {
             return Ok(false);
         }
         self.core.timerfd.arm(self.core.timers.peek());
@@ -446,11 +455,39 @@ impl<H: Handler> EventLoop<H> {
         Ok(())
     }
 
-    /// Everything between two polls.
+    /// Everything between two polls. Returns true when the turn left
+    /// nothing to do before the next poll may block (see `before_poll`).
     #[inline(always)]
-    fn turn(&mut self) {
+    fn turn(&mut self) -> bool {
         self.process();
+        // One test for the common case of an echo-like turn: nothing ready,
+        // queued or to tell, no stop asked for.
+        let core = &self.core;
+        if (self.ready_work.len()
+            | core.ready.len()
+            | core.pending.len()
+            | core.notices.len()
+            | self.flush_work.len()
+            | core.stop as usize)
+            == 0
+        {
+            return true;
+        }
+        self.finish_turn()
+    }
+
+    /// The rest of a turn with work left after the events: the ready list,
+    /// a stop asked for, then the before-sleep flush.
+    #[inline(never)]
+    fn finish_turn(&mut self) -> bool {
+        if (self.ready_work.len() | self.core.ready.len()) != 0 {
+            self.serve_ready();
+        }
+        if self.core.stop & (STOP_ASKED | STOPPING) == STOP_ASKED {
+            self.begin_stop();
+        }
         self.before_sleep();
+        false
     }
 
     /// Runs `f`, catching a panic from a callback when so configured: the
@@ -547,12 +584,6 @@ impl<H: Handler> EventLoop<H> {
         }
         // Messages and stops from other threads arrive as a waker event:
         // every `Handle` call that finds no wake on its way sends one.
-        if (self.ready_work.len() | self.core.ready.len()) != 0 {
-            self.serve_ready();
-        }
-        if self.core.stop_requested && self.core.stopping.is_none() {
-            self.begin_stop();
-        }
     }
 
     /// The ready list: sockets cut off by a budget, or resumed.
@@ -861,7 +892,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn accept(&mut self, id: ConnId) {
-        if self.core.stop_requested {
+        if self.core.stop & STOP_ASKED != 0 {
             return; // a stop is coming: accept nothing more
         }
         for _ in 0..self.core.config.accepts_per_turn {
@@ -1046,7 +1077,7 @@ impl<H: Handler> EventLoop<H> {
         let shared = self.core.shared.clone();
         shared.notified.store(false, Ordering::SeqCst);
         if shared.stop.swap(false, Ordering::AcqRel) {
-            self.core.stop_requested = true;
+            self.core.stop |= STOP_ASKED;
         }
         for _ in 0..MESSAGE_BUDGET {
             let Ok(msg) = self.rx.try_recv() else { return };
@@ -1092,9 +1123,9 @@ impl<H: Handler> EventLoop<H> {
                     self.dispatch_notices();
                 }
                 TimerKind::DrainDeadline => {
-                    if self.core.stopping.is_some() {
+                    if self.core.stop & STOPPING != 0 {
                         log::info!("drain deadline passed: closing what is left");
-                        self.core.stop_now = true;
+                        self.core.stop |= STOP_NOW;
                     }
                 }
             }
@@ -1106,12 +1137,12 @@ impl<H: Handler> EventLoop<H> {
             return;
         };
         for sig in signals.pending() {
-            if self.core.stopping.is_some() || self.core.stop_requested {
+            if self.core.stop & (STOPPING | STOP_ASKED) != 0 {
                 log::warn!("signal {sig} again: stopping now");
-                self.core.stop_now = true;
+                self.core.stop |= STOP_NOW;
             } else {
                 log::info!("signal {sig}: stopping gracefully (again to stop now)");
-                self.core.stop_requested = true;
+                self.core.stop |= STOP_ASKED;
             }
         }
     }
@@ -1119,7 +1150,7 @@ impl<H: Handler> EventLoop<H> {
     fn begin_stop(&mut self) {
         self.core.now = clock::now();
         let deadline = self.core.now + clock::nanos(self.core.config.drain_timeout);
-        self.core.stopping = Some(deadline);
+        self.core.stop |= STOPPING;
         self.core
             .timers
             .insert(deadline, None, TimerKind::DrainDeadline);
@@ -1145,13 +1176,13 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn stop_finished(&self) -> bool {
-        self.core.stopping.is_some() && !self.core.has_streams()
+        self.core.stop & STOPPING != 0 && !self.core.has_streams()
     }
 
     /// Closes whatever is left and resets the stop state, so the loop could
     /// be used again.
     fn finish_stop(&mut self) {
-        if self.core.stopping.is_none() {
+        if self.core.stop & STOPPING == 0 {
             self.begin_stop();
         }
         let mut ids = std::mem::take(&mut self.scratch);
@@ -1161,9 +1192,7 @@ impl<H: Handler> EventLoop<H> {
         }
         self.scratch = ids;
         self.guarded(|me| me.dispatch_notices());
-        self.core.stopping = None;
-        self.core.stop_requested = false;
-        self.core.stop_now = false;
+        self.core.stop = 0;
     }
 }
 
