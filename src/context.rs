@@ -160,7 +160,12 @@ impl<'a> Context<'a> {
     /// `shutdown`, [`Error::WrongKind`] for a listener, [`Error::QueueFull`]
     /// when this send took the queue past its hard cap (the connection is
     /// being closed), and for a datagram socket [`Error::Full`] or the OS
-    /// error.
+    /// error. A send written without a copy returns `Ok` at once: the hard
+    /// cap ([`Config::max_write_queue`](crate::Config::max_write_queue)) is
+    /// applied to what the kernel leaves of it after `on_data`, closing the
+    /// connection with [`CloseReason::WriteQueueFull`](crate::CloseReason)
+    /// if it is passed (possible only with a cap below the read buffer,
+    /// 64 KiB).
     #[inline]
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         self.core.send(id, data)

@@ -216,8 +216,8 @@ pub(crate) struct Core {
     /// The connection whose `on_data` is running, as `ConnId::as_u64`, while
     /// its first send may be a slice of the read buffer written without a
     /// copy when `on_data` returns (its queue empty, its write side open);
-    /// 0 otherwise. Anything else done to a connection during the callback
-    /// settles the deferred send first (`Core::settle`).
+    /// 0 otherwise. Anything else done to that connection during the
+    /// callback settles the deferred send first (`Core::settle`).
     pub(crate) hot: u64,
     pub(crate) deferred_at: usize, // the deferred send: its address in the read buffer
     pub(crate) deferred_len: usize, // and length (0: none)
@@ -295,20 +295,23 @@ impl Core {
         Ok(id)
     }
 
-    /// The live entry an id names. Settles a deferred send first, so what
-    /// the caller sees or does to a connection follows every earlier send.
+    /// The live entry an id names. For the connection whose `on_data` is
+    /// running, settles a deferred send first, so what the caller sees or
+    /// does to it follows every earlier send (and it cannot be closed or
+    /// detached under a pending zero-copy write).
     #[inline]
     pub(crate) fn entry(&mut self, id: ConnId) -> Result<&mut Entry, Error> {
-        if self.hot != 0 {
+        if id.as_u64() == self.hot {
             self.settle();
         }
         live(&mut self.entries, id)
     }
 
-    /// The stream connection an id names (settling a deferred send first).
+    /// The stream connection an id names (settling a deferred send to it
+    /// first, as `entry`).
     #[inline]
     pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
-        if self.hot != 0 {
+        if id.as_u64() == self.hot {
             self.settle();
         }
         conn_in(&mut self.entries, id)

@@ -127,7 +127,9 @@ pub trait Handler: Sized {
     }
 
     /// The write queue emptied: everything sent so far was taken by the kernel.
-    /// A producer of a large stream sends its next piece here.
+    /// A producer of a large stream sends its next piece here. Called after
+    /// the flush before the loop sleeps, or right after `on_data` when the
+    /// reply it sent without a copy (see [`Context::send`]) was taken whole.
     fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
         let _ = (cx, id, conn);
     }
