@@ -516,6 +516,10 @@ impl<H: Handler> EventLoop<H> {
             // connection, which is closed below.
             self.core.hot = 0;
             self.core.deferred_len = 0;
+            // A panic in `on_message` cuts its drain short: messages queued
+            // behind it may have no wake on its way. One more wake (unless
+            // one is already coming) makes the loop look again.
+            self.core.shared.wake();
             let blame = std::mem::take(&mut self.blame);
             match (blame != 0).then(|| ConnId::from_u64(blame)) {
                 Some(id) => {

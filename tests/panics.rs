@@ -158,3 +158,57 @@ fn without_catch_panics_the_panic_leaves_run() {
     let _ = c.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// Echoes after a pause (so the test can queue messages while the loop is
+/// busy), and panics on message 0.
+struct Picky {
+    seen: mpsc::Sender<u32>,
+}
+
+impl Handler for Picky {
+    type Conn = ();
+    type Msg = u32;
+
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        thread::sleep(Duration::from_millis(300));
+        let _ = cx.send(id, data);
+        data.len()
+    }
+
+    fn on_message(&mut self, _: &mut Context<'_>, n: u32) {
+        if n == 0 {
+            panic!("boom in on_message");
+        }
+        let _ = self.seen.send(n);
+    }
+}
+
+/// Messages queued behind one whose `on_message` panics are not stranded:
+/// they were sent while the loop was busy, so only the first of them woke
+/// it, and the panic cut that wake's drain short. The loop wakes itself
+/// again after a panic, so they arrive without any further send.
+#[test]
+fn messages_behind_a_panicking_one_are_still_handled() {
+    quiet_panics();
+    let _watchdog = watchdog("messages_behind_a_panic", Duration::from_secs(60));
+    let (tx, rx) = mpsc::channel();
+    let server = serve(
+        move || Picky { seen: tx },
+        Config::default(),
+        &["tcp://127.0.0.1:0"],
+    );
+    let mut c = client(server.inet());
+    c.write_all(b"pause\n").unwrap();
+    thread::sleep(Duration::from_millis(100)); // the loop is inside on_data now
+    for n in [0, 1, 2] {
+        assert!(server.handle.send(n).is_ok(), "the loop is gone");
+    }
+    for want in [1, 2] {
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a message behind the panicking one was stranded");
+        assert_eq!(got, want);
+    }
+    assert_eq!(read_n(&mut c, 6), b"pause\n");
+    server.stop();
+}
