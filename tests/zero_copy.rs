@@ -125,6 +125,21 @@ fn pattern(p: usize) -> u8 {
     ((p / 4) as u32).to_le_bytes()[p % 4]
 }
 
+/// Panics unless `bytes` are bytes `at..` of the [`pattern`] stream, naming
+/// the first that is not.
+fn check_pattern(at: usize, bytes: &[u8]) {
+    for (k, &b) in bytes.iter().enumerate() {
+        if b != pattern(at + k) {
+            panic!(
+                "byte {} is {b}, want {} (word {})",
+                at + k,
+                pattern(at + k),
+                (at + k) / 4
+            );
+        }
+    }
+}
+
 /// Hides the panics `Boom` raises on purpose; any other panic (a failing
 /// assertion in a test running beside it) is still printed.
 fn quiet_boom() {
@@ -288,10 +303,9 @@ impl Handler for Lines {
     }
 }
 
-/// A `Mode::Split` line for round `i` (varied lengths, a few long enough to
-/// arrive in pieces, split points from 0 to past the end) and the reply it
-/// must get: `line[..k] | line[k..]`.
-fn split_message(i: usize) -> (Vec<u8>, Vec<u8>) {
+/// A `Mode::Split` line for round `i`: varied lengths, a few long enough to
+/// arrive in pieces, split points from 0 to past the end.
+fn split_line(i: usize) -> Vec<u8> {
     let body_len = match i % 50 {
         49 => 30_000,
         _ => (i * 37) % 1500,
@@ -304,27 +318,81 @@ fn split_message(i: usize) -> (Vec<u8>, Vec<u8>) {
     let mut line = format!("{k}:").into_bytes();
     line.extend((0..body_len).map(|j| b'a' + ((i + j) % 26) as u8));
     line.push(b'\n');
-    let k = split_point(&line);
-    let mut want = line[..k].to_vec();
-    want.push(b'|');
-    want.extend_from_slice(&line[k..]);
-    (line, want)
+    line
 }
 
-/// `n` round trips of `Mode::Split`, each reply exact, nothing extra.
-fn split_round_trips(s: &mut impl Timed, n: usize) {
-    for i in 0..n {
-        let (line, want) = split_message(i);
+/// The reply `Mode::Split` must give to `line`: `line[..k] | line[k..]`.
+fn split_reply(line: &[u8]) -> Vec<u8> {
+    let k = split_point(line);
+    [&line[..k], b"|", &line[k..]].concat()
+}
+
+/// `rounds` request-response round trips on `s`: round `i` writes
+/// `line_of(i)` and must read back exactly `want_of(&line)`, no more and no
+/// less; after the last one, nothing more arrives.
+fn round_trips(
+    s: &mut impl Timed,
+    rounds: usize,
+    line_of: impl Fn(usize) -> Vec<u8>,
+    want_of: impl Fn(&[u8]) -> Vec<u8>,
+) {
+    for i in 0..rounds {
+        let line = line_of(i);
         s.write_all(&line).unwrap();
+        let want = want_of(&line);
         let got = read_n(s, want.len());
-        assert!(
-            got == want,
-            "round {i}: reply {:?}, want {:?}",
-            String::from_utf8_lossy(&got[..got.len().min(80)]),
-            String::from_utf8_lossy(&want[..want.len().min(80)])
-        );
+        if got != want {
+            let at = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            let from = at.saturating_sub(20);
+            let shown =
+                |v: &[u8]| String::from_utf8_lossy(&v[from..(from + 80).min(v.len())]).into_owned();
+            panic!(
+                "round {i}: the reply of {} bytes differs from byte {at}; from byte {from}: \
+                 got {:?}, want {:?}",
+                want.len(),
+                shown(&got),
+                shown(&want)
+            );
+        }
     }
     nothing_more(s);
+}
+
+/// A loop serving the handler `make` builds on TCP, and [`round_trips`]
+/// against it from one client; the handler once the loop has stopped.
+fn tcp_round_trips<H>(
+    make: impl FnOnce() -> H + Send + 'static,
+    rounds: usize,
+    line_of: impl Fn(usize) -> Vec<u8>,
+    want_of: impl Fn(&[u8]) -> Vec<u8>,
+) -> H
+where
+    H: Handler + Send + 'static,
+{
+    let server = serve(make, Config::default(), &["tcp://127.0.0.1:0"]);
+    let mut c = client(server.inet());
+    round_trips(&mut c, rounds, line_of, want_of);
+    server.stop()
+}
+
+/// A loop serving a [`Lines`] handler in `mode` on TCP, and what its sends
+/// report.
+fn serve_lines(mode: Mode) -> (Server<Lines>, mpsc::Receiver<Report>) {
+    let (h, reports) = Lines::new(mode);
+    let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+    (server, reports)
+}
+
+/// A new client of `server` that writes `line`, and what the handler
+/// reported of its send of that line.
+fn send_one_line(
+    server: &Server<Lines>,
+    reports: &mpsc::Receiver<Report>,
+    line: &str,
+) -> (TcpStream, Report) {
+    let mut c = client(server.inet());
+    c.write_all(line.as_bytes()).unwrap();
+    (c, reports.recv_timeout(STEP).unwrap())
 }
 
 // ---------------------------------------------------------------------------
@@ -337,14 +405,7 @@ fn split_round_trips(s: &mut impl Timed, n: usize) {
 #[test]
 fn deferred_send_keeps_its_place_before_queued_sends_tcp() {
     let _w = watchdog("deferred_send_keeps_its_place_tcp", Duration::from_secs(60));
-    let server = serve(
-        || Lines::new(Mode::Split).0,
-        Config::default(),
-        &["tcp://127.0.0.1:0"],
-    );
-    let mut c = client(server.inet());
-    split_round_trips(&mut c, 500);
-    server.stop();
+    tcp_round_trips(|| Lines::new(Mode::Split).0, 500, split_line, split_reply);
 }
 
 /// The same as [`deferred_send_keeps_its_place_before_queued_sends_tcp`] on
@@ -363,7 +424,7 @@ fn deferred_send_keeps_its_place_before_queued_sends_unix() {
         &[&format!("unix://{}", path.display())],
     );
     let mut c = unix_client(&path);
-    split_round_trips(&mut c, 500);
+    round_trips(&mut c, 500, split_line, split_reply);
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -374,24 +435,12 @@ fn deferred_send_keeps_its_place_before_queued_sends_unix() {
 #[test]
 fn slice_after_a_queued_send_does_not_overtake_it() {
     let _w = watchdog("slice_after_a_queued_send", Duration::from_secs(60));
-    let server = serve(
+    tcp_round_trips(
         || Lines::new(Mode::Wrapped).0,
-        Config::default(),
-        &["tcp://127.0.0.1:0"],
+        300,
+        |i| format!("wrapped {i} {}\n", "w".repeat(i * 13 % 700)).into_bytes(),
+        |line| [b"<", line, b">"].concat(),
     );
-    let mut c = client(server.inet());
-    for i in 0..300 {
-        let line = format!("wrapped {i} {}\n", "w".repeat(i * 13 % 700));
-        c.write_all(line.as_bytes()).unwrap();
-        let want = format!("<{line}>");
-        assert_eq!(
-            String::from_utf8(read_n(&mut c, want.len())).unwrap(),
-            want,
-            "round {i}"
-        );
-    }
-    nothing_more(&mut c);
-    server.stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -403,24 +452,12 @@ fn slice_after_a_queued_send_does_not_overtake_it() {
 #[test]
 fn two_sends_of_data_arrive_twice_in_order() {
     let _w = watchdog("two_sends_of_data", Duration::from_secs(60));
-    let server = serve(
+    tcp_round_trips(
         || Lines::new(Mode::Twice).0,
-        Config::default(),
-        &["tcp://127.0.0.1:0"],
+        300,
+        |i| format!("twice {i} {}\n", "t".repeat(i * 17 % 900)).into_bytes(),
+        |line| line.repeat(2),
     );
-    let mut c = client(server.inet());
-    for i in 0..300 {
-        let line = format!("twice {i} {}\n", "t".repeat(i * 17 % 900));
-        c.write_all(line.as_bytes()).unwrap();
-        let want = line.repeat(2);
-        assert_eq!(
-            String::from_utf8(read_n(&mut c, want.len())).unwrap(),
-            want,
-            "round {i}"
-        );
-    }
-    nothing_more(&mut c);
-    server.stop();
 }
 
 /// Two slices of `data` sent in the opposite order to where they lie in
@@ -429,22 +466,15 @@ fn two_sends_of_data_arrive_twice_in_order() {
 #[test]
 fn two_slices_go_out_in_send_order_not_buffer_order() {
     let _w = watchdog("two_slices_send_order", Duration::from_secs(60));
-    let server = serve(
+    tcp_round_trips(
         || Lines::new(Mode::Swap).0,
-        Config::default(),
-        &["tcp://127.0.0.1:0"],
+        300,
+        |i| format!("swap {i} {}\n", "s".repeat(i * 29 % 1100)).into_bytes(),
+        |line| {
+            let half = line.len() / 2;
+            [&line[half..], &line[..half]].concat()
+        },
     );
-    let mut c = client(server.inet());
-    for i in 0..300 {
-        let line = format!("swap {i} {}\n", "s".repeat(i * 29 % 1100)).into_bytes();
-        c.write_all(&line).unwrap();
-        let half = line.len() / 2;
-        let mut want = line[half..].to_vec();
-        want.extend_from_slice(&line[..half]);
-        assert_eq!(read_n(&mut c, want.len()), want, "round {i}");
-    }
-    nothing_more(&mut c);
-    server.stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -456,24 +486,12 @@ fn two_slices_go_out_in_send_order_not_buffer_order() {
 #[test]
 fn queued_counts_the_deferred_send() {
     let _w = watchdog("queued_counts_the_deferred_send", Duration::from_secs(60));
-    let server = serve(
+    tcp_round_trips(
         || Lines::new(Mode::Queued).0,
-        Config::default(),
-        &["tcp://127.0.0.1:0"],
+        200,
+        |i| format!("queued {i} {}\n", "q".repeat(i * 31 % 2000)).into_bytes(),
+        |line| [line, format!("={}\n", line.len()).as_bytes()].concat(),
     );
-    let mut c = client(server.inet());
-    for i in 0..200 {
-        let line = format!("queued {i} {}\n", "q".repeat(i * 31 % 2000));
-        c.write_all(line.as_bytes()).unwrap();
-        let want = format!("{line}={}\n", line.len());
-        assert_eq!(
-            String::from_utf8(read_n(&mut c, want.len())).unwrap(),
-            want,
-            "round {i}"
-        );
-    }
-    nothing_more(&mut c);
-    server.stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -485,8 +503,7 @@ fn queued_counts_the_deferred_send() {
 #[test]
 fn close_after_deferred_send_flushes_it_then_eof() {
     let _w = watchdog("close_after_deferred_send", Duration::from_secs(60));
-    let (h, _reports) = Lines::new(Mode::SendClose);
-    let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+    let (server, _reports) = serve_lines(Mode::SendClose);
     for i in 0..50 {
         let mut c = client(server.inet());
         let line = format!(
@@ -509,13 +526,10 @@ fn close_after_deferred_send_flushes_it_then_eof() {
 #[test]
 fn send_after_close_fails_and_writes_nothing() {
     let _w = watchdog("send_after_close", Duration::from_secs(60));
-    let (h, reports) = Lines::new(Mode::CloseSend);
-    let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+    let (server, reports) = serve_lines(Mode::CloseSend);
     for i in 0..20 {
-        let mut c = client(server.inet());
         let line = format!("too late {i}\n");
-        c.write_all(line.as_bytes()).unwrap();
-        let (seen, r) = reports.recv_timeout(STEP).unwrap();
+        let (mut c, (seen, r)) = send_one_line(&server, &reports, &line);
         assert_eq!(seen, line.as_bytes());
         assert!(r.is_err(), "a send after close succeeded: {r:?}");
         assert_eq!(read_until_closed(&mut c), b"", "connection {i}");
@@ -533,8 +547,7 @@ fn send_after_close_fails_and_writes_nothing() {
 fn shutdown_after_deferred_send_flushes_it_then_half_closes() {
     let _w = watchdog("shutdown_after_deferred_send", Duration::from_secs(60));
     for i in 0..10 {
-        let (h, reports) = Lines::new(Mode::SendShutdown);
-        let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+        let (server, reports) = serve_lines(Mode::SendShutdown);
         let mut c = client(server.inet());
         let first = format!("first {i} {}\n", "f".repeat(i * 997));
         c.write_all(first.as_bytes()).unwrap();
@@ -559,13 +572,9 @@ fn shutdown_after_deferred_send_flushes_it_then_half_closes() {
 #[test]
 fn send_after_shutdown_fails_and_writes_nothing() {
     let _w = watchdog("send_after_shutdown", Duration::from_secs(60));
-    let (h, reports) = Lines::new(Mode::ShutdownSend);
-    let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+    let (server, reports) = serve_lines(Mode::ShutdownSend);
     for i in 0..20 {
-        let mut c = client(server.inet());
-        let line = format!("after fin {i}\n");
-        c.write_all(line.as_bytes()).unwrap();
-        let (_, r) = reports.recv_timeout(STEP).unwrap();
+        let (mut c, (_, r)) = send_one_line(&server, &reports, &format!("after fin {i}\n"));
         assert!(matches!(r, Err(Error::Closing)), "{r:?}");
         assert_eq!(read_to_end(&mut c).unwrap(), b"", "connection {i}");
     }
@@ -586,14 +595,10 @@ fn abort_drops_the_deferred_send_everywhere() {
     let path = dir.join("side.sock");
     let side = UnixListener::bind(&path).unwrap();
     let url = format!("unix://{}", path.display());
-    let (h, reports) = Lines::new(Mode::SendAbortConnect(url));
-    let server = serve(move || h, Config::default(), &["tcp://127.0.0.1:0"]);
+    let (server, reports) = serve_lines(Mode::SendAbortConnect(url));
     let mut sides = Vec::new();
     for i in 0..10 {
-        let mut c = client(server.inet());
-        let line = format!("aborted {i}\n");
-        c.write_all(line.as_bytes()).unwrap();
-        let (_, r) = reports.recv_timeout(STEP).unwrap();
+        let (mut c, (_, r)) = send_one_line(&server, &reports, &format!("aborted {i}\n"));
         r.unwrap();
         // A Unix connect completes at once: it waits in the backlog.
         let (s, _) = side.accept().unwrap();
@@ -738,21 +743,13 @@ impl Handler for Drainer {
 #[test]
 fn on_drain_follows_a_deferred_send() {
     let _w = watchdog("on_drain_follows_a_deferred_send", Duration::from_secs(60));
-    let server = serve(Drainer::default, Config::default(), &["tcp://127.0.0.1:0"]);
-    let mut c = client(server.inet());
     let n = 200;
-    for i in 0..n {
-        let line = format!("drain {i} {}\n", "x".repeat(i * 7 % 500));
-        c.write_all(line.as_bytes()).unwrap();
-        let want = format!("{line}+\n");
-        assert_eq!(
-            String::from_utf8(read_n(&mut c, want.len())).unwrap(),
-            want,
-            "round {i}"
-        );
-    }
-    nothing_more(&mut c);
-    let h = server.stop();
+    let h = tcp_round_trips(
+        Drainer::default,
+        n,
+        |i| format!("drain {i} {}\n", "x".repeat(i * 7 % 500)).into_bytes(),
+        |line| [line, b"+\n"].concat(),
+    );
     assert_eq!(h.nonempty_at_drain, 0, "on_drain with bytes still queued");
     assert!(h.drains >= n, "{} drains for {n} deferred sends", h.drains);
     assert_eq!(h.drains, 2 * n, "one drain per reply");
@@ -892,27 +889,10 @@ fn partial_deferred_writes_queue_the_rest_in_order() {
     std::thread::sleep(Duration::from_millis(300)); // not reading yet
     let t = Instant::now();
     let mut r = c;
-    let mut got = 0usize;
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        for (k, &b) in buf[..n].iter().enumerate() {
-            if b != pattern(got + k) {
-                panic!(
-                    "byte {} is {b}, want {} (word {})",
-                    got + k,
-                    pattern(got + k),
-                    (got + k) / 4
-                );
-            }
-        }
-        got += n;
-    }
+    let echoed = read_to_end(&mut r).unwrap();
     writer.join().unwrap();
-    assert_eq!(got, total, "bytes echoed");
+    check_pattern(0, &echoed);
+    assert_eq!(echoed.len(), total, "bytes echoed");
     handle.stop();
     let h = thread.join().unwrap();
     assert!(
@@ -1207,16 +1187,7 @@ fn slice_waits_behind_bytes_queued_earlier_in_the_turn() {
     while got < total {
         let n = r.read(&mut buf).unwrap();
         assert!(n > 0, "end of file after {got} bytes");
-        for (k, &b) in buf[..n].iter().enumerate() {
-            if b != pattern(got + k) {
-                panic!(
-                    "byte {} is {b}, want {} (word {})",
-                    got + k,
-                    pattern(got + k),
-                    (got + k) / 4
-                );
-            }
-        }
+        check_pattern(got, &buf[..n]);
         got += n;
     }
     writer.join().unwrap();
