@@ -889,6 +889,10 @@ fn partial_deferred_writes_queue_the_rest_in_order() {
     std::thread::sleep(Duration::from_millis(300)); // not reading yet
     let t = Instant::now();
     let mut r = c;
+    // Buffers this far below loopback's 64 KiB MSS leave TCP to zero-window
+    // probes now and then, whose backoff can pause a loaded machine for
+    // seconds: a longer read timeout than `client`'s, still bounded.
+    r.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     let echoed = read_to_end(&mut r).unwrap();
     writer.join().unwrap();
     check_pattern(0, &echoed);
