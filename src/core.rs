@@ -445,17 +445,34 @@ impl Core {
     /// Whatever the kernel does not take is queued as usual.
     #[inline(never)]
     fn send_direct(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let Some(c) = conn_in(&mut self.entries, id) else {
+            return Err(Error::Stale);
+        };
+        let res = c.stream.send(data);
+        self.after_direct(id, data, res)
+    }
+
+    /// What follows a write of `data` straight to the socket (a large send,
+    /// or a zero-copy reply) that returned `res`: the bytes are counted, and
+    /// what the kernel did not take is queued. An error is queued too: the
+    /// flush meets it again and closes with its reason.
+    pub(crate) fn after_direct(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+        res: io::Result<usize>,
+    ) -> Result<(), Error> {
         let now = self.now;
         let Some(c) = conn_in(&mut self.entries, id) else {
             return Err(Error::Stale);
         };
-        let n = match c.stream.send(data) {
+        let n = match res {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 c.flags |= BLOCKED;
                 0
             }
-            Err(_) => 0, // queued below: the flush meets the error again and closes
+            Err(_) => 0,
         };
         self.stats.bytes_written += n as u64;
         if n > 0 {
@@ -470,7 +487,7 @@ impl Core {
     /// Appends to a live connection's queue (growing it), marks it pending
     /// and applies the high-water mark: the out-of-line twin of `send`'s
     /// fast path.
-    pub(crate) fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+    fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let high = self.config.high_water;
         let Some(c) = conn_in(&mut self.entries, id) else {
             return Err(Error::Stale);

@@ -563,7 +563,8 @@ impl<H: Handler> EventLoop<H> {
         self.dispatch_notices();
     }
 
-    /// After polling: every event, the ready list, messages, timers.
+    /// After polling: every event (sockets, the waker's messages and
+    /// stops, the timerfd's due timers).
     #[inline(always)]
     fn process(&mut self) {
         // (No notices are waiting: the last `before_sleep`, or `before_poll`,
@@ -577,6 +578,7 @@ impl<H: Handler> EventLoop<H> {
                 continue;
             }
             match Token(token) {
+                // Every `Handle` call that finds no wake on its way sends one.
                 WAKER => self.drain_messages(),
                 SIGNALS => self.on_signal(),
                 _ => {
@@ -586,8 +588,6 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
         }
-        // Messages and stops from other threads arrive as a waker event:
-        // every `Handle` call that finds no wake on its way sends one.
     }
 
     /// The ready list: sockets cut off by a budget, or resumed.
@@ -760,48 +760,25 @@ impl<H: Handler> EventLoop<H> {
     /// the socket; `on_drain` when the kernel took it all, as after a flush.
     #[inline(always)]
     fn write_deferred(&mut self, id: ConnId, fd: std::os::fd::RawFd) {
-        let (at, len) = (self.core.deferred_at, self.core.deferred_len);
-        self.core.deferred_len = 0;
+        let len = std::mem::take(&mut self.core.deferred_len);
         // SAFETY: the deferred send names `len` bytes of `rbuf`, unchanged
-        // since on_data was offered them; `fd` is the connection's socket,
-        // open since on_data cannot close it without settling the send.
-        let n = unsafe { libc::send(fd, at as *const libc::c_void, len, libc::MSG_NOSIGNAL) };
-        if n as usize != len {
-            return self.deferred_rest(id, n, at - self.core.rbuf_at, len);
+        // since on_data was offered them.
+        let data = unsafe { std::slice::from_raw_parts(self.core.deferred_at as *const u8, len) };
+        // `fd` is the connection's socket: on_data cannot close it without
+        // settling the deferred send.
+        match sock::send_on(fd, data) {
+            Ok(n) if n == len => self.core.stats.bytes_written += len as u64,
+            res => {
+                // The rest is queued (or the error met again by the flush).
+                let _ = self.core.after_direct(id, data, res);
+                return;
+            }
         }
-        self.core.stats.bytes_written += len as u64;
         let state = state_of(&mut self.states, id);
         let mut cx = Context {
             core: &mut self.core,
         };
         self.handler.on_drain(&mut cx, id, state);
-    }
-
-    /// A deferred send the kernel did not take whole: the rest is queued, or
-    /// on an error the connection closes.
-    #[cold]
-    #[inline(never)]
-    fn deferred_rest(&mut self, id: ConnId, n: isize, off: usize, len: usize) {
-        let sent = if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => {
-                    if let Some(c) = self.core.conn(id) {
-                        c.flags |= BLOCKED;
-                    }
-                }
-                io::ErrorKind::Interrupted => {} // queued: the flush tries again
-                _ => {
-                    self.core.close(id, CloseReason::from_io(&e), true);
-                    return;
-                }
-            }
-            0
-        } else {
-            n as usize
-        };
-        self.core.stats.bytes_written += sent as u64;
-        let _ = self.core.enqueue(id, &self.rbuf[off + sent..off + len]);
     }
 
     #[cold]

@@ -17,6 +17,21 @@ pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
 }
 
+/// `send` on a stream socket's fd with MSG_NOSIGNAL: a peer that is gone
+/// gives EPIPE, never a SIGPIPE, whatever the process's signal disposition.
+/// Called straight through libc, like [`Stream::read`].
+#[inline(always)]
+pub(crate) fn send_on(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the kernel
+    // checks `fd`.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Stream {
     #[inline]
     pub(crate) fn fd(&self) -> RawFd {
@@ -41,25 +56,10 @@ impl Stream {
         }
     }
 
-    /// `send` with MSG_NOSIGNAL: a peer that is gone gives EPIPE, never a
-    /// SIGPIPE, whatever the process's signal disposition.
+    /// `send` with MSG_NOSIGNAL (see [`send_on`]).
     #[inline]
     pub(crate) fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes and the fd is
-        // open for as long as `self` lives.
-        let n = unsafe {
-            libc::send(
-                self.fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        send_on(self.fd(), buf)
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
