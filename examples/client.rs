@@ -12,6 +12,7 @@
 // with blocking reads and passes the bytes to the loop through its Handle.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread;
 
@@ -79,7 +80,12 @@ impl Client {
     /// Starts reading stdin: registered with the loop if epoll takes it,
     /// else through a thread.
     fn watch_stdin(&mut self, cx: &mut Context<'_>) {
-        match cx.register_fd(STDIN, Interest::READABLE) {
+        // The loop owns what it watches: it gets a duplicate of stdin.
+        let fd = match io::stdin().as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => return self.fail(cx, format!("stdin: {e}")),
+        };
+        match cx.register_fd(fd, Interest::READABLE) {
             Ok(id) => match NonBlocking::set(STDIN) {
                 // Bytes that were waiting before registration still raise an
                 // event: epoll reports an fd that is ready when it is added.

@@ -94,17 +94,6 @@ impl Addr {
         }
     }
 
-    pub(crate) fn from_std_unix(a: &std::os::unix::net::SocketAddr) -> Addr {
-        use std::os::linux::net::SocketAddrExt;
-        if let Some(p) = a.as_pathname() {
-            Addr::Unix(UnixAddr::Path(p.to_path_buf()))
-        } else if let Some(name) = a.as_abstract_name() {
-            Addr::Unix(UnixAddr::Abstract(name.to_vec()))
-        } else {
-            Addr::Unix(UnixAddr::Unnamed)
-        }
-    }
-
     pub(crate) fn to_sockaddr(&self) -> io::Result<socket2::SockAddr> {
         match self {
             Addr::Inet(a) => Ok((*a).into()),
@@ -308,6 +297,9 @@ fn parse_inet(rest: &str) -> Result<SocketAddr, String> {
 
 fn parse_unix(rest: &str) -> Result<UnixAddr, String> {
     if let Some(name) = rest.strip_prefix('@') {
+        if !cfg!(any(target_os = "linux", target_os = "android")) {
+            return Err("abstract names (unix://@name) exist only on Linux".into());
+        }
         if name.is_empty() {
             return Err("expected a name after '@', as in unix://@name".into());
         }

@@ -29,9 +29,10 @@ pub struct Config {
     /// (default 64); the rest wait for the next turn of the loop, so a
     /// connection flood cannot starve established connections.
     pub accepts_per_turn: usize,
-    /// Most bytes read from one connection (or datagrams times 64 KiB from one
-    /// socket) per turn of the loop (default 256 KiB). A connection cut off by
-    /// this budget is read again on the next turn, before the loop blocks.
+    /// Most bytes read from one connection per turn of the loop (default
+    /// 256 KiB); a datagram socket is read for at most 64 datagrams. A
+    /// socket cut off by its budget is read again on the next turn, before
+    /// the loop blocks.
     pub read_budget: usize,
     /// Most bytes written to one connection per turn (default 1 MiB).
     pub write_budget: usize,
@@ -85,6 +86,12 @@ pub struct Config {
     /// and the loop goes on. False lets panics propagate out of `run`. Either
     /// way a build with `panic = "abort"` aborts.
     pub catch_panics: bool,
+    /// Most messages waiting in the loop's channel from
+    /// [`Handle`](crate::Handle)s (default `None`: unbounded). When set, a
+    /// send to a full queue gives the message back with
+    /// [`SendError::Full`](crate::SendError::Full) instead of growing
+    /// memory without bound while the loop falls behind.
+    pub message_queue: Option<usize>,
 }
 
 impl Default for Config {
@@ -106,7 +113,58 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(500),
             datagram_queue: 1024,
             catch_panics: true,
+            message_queue: None,
         }
+    }
+}
+
+impl Config {
+    /// Checks that the settings can work together.
+    ///
+    /// # Errors
+    /// `InvalidInput`, the message naming the field: a budget, a capacity or
+    /// a queue bound of zero (nothing could ever be read, accepted, written
+    /// or polled); `low_water` above `high_water` (reading would pause and
+    /// resume at once); `max_input` or `max_write_queue` of zero; a zero
+    /// `idle_timeout`.
+    pub fn validate(&self) -> std::io::Result<()> {
+        let bad = |field: &str, why: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("Config::{field} {why}"),
+            ))
+        };
+        let nonzero = [
+            ("max_connections", self.max_connections),
+            ("accepts_per_turn", self.accepts_per_turn),
+            ("read_budget", self.read_budget),
+            ("write_budget", self.write_budget),
+            ("max_write_queue", self.max_write_queue),
+            ("max_input", self.max_input),
+            ("events_capacity", self.events_capacity),
+            ("message_queue", self.message_queue.unwrap_or(1)),
+        ];
+        for (field, value) in nonzero {
+            if value == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        if self.low_water > self.high_water {
+            return bad(
+                "low_water",
+                &format!(
+                    "({}) must not exceed high_water ({})",
+                    self.low_water, self.high_water
+                ),
+            );
+        }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return bad("idle_timeout", "must be above zero (None turns it off)");
+        }
+        if self.backlog < 0 {
+            return bad("backlog", "must not be negative");
+        }
+        Ok(())
     }
 }
 

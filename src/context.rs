@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 
-use mio::Interest;
+use crate::Interest;
 use socket2::SockRef;
 
-use crate::core::{
-    Conn, Core, DgramEntry, Kind, Notice, CONNECTING, COUNTED, SHUTDOWN, WRITE_SHUT,
-};
+use crate::conn::Conn;
+use crate::core::{Core, DgramEntry, Kind};
 use crate::sock::{self, Bound, Dgram, Listener, Outbound, PeerCred, StdSocket, Stream};
 use crate::timer::TimerKind;
 use crate::{
@@ -24,7 +23,7 @@ use crate::{
 /// Operations on an id that is no longer live fail with [`Error::Stale`] and
 /// do nothing, so an id kept too long is harmless.
 pub struct Context<'a> {
-    pub(crate) core: &'a mut Core,
+    core: &'a mut Core, // the loop's state
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -50,6 +49,10 @@ pub struct Detached {
 }
 
 impl<'a> Context<'a> {
+    pub(crate) fn new(core: &'a mut Core) -> Context<'a> {
+        Context { core }
+    }
+
     /// Listens on an address string such as `tcp://127.0.0.1:7000`,
     /// `tcp://[::1]:0`, `unix:///tmp/x.sock`, `unix://@name`, or binds a
     /// datagram socket for `udp://…` and `unixgram://…`.
@@ -77,7 +80,7 @@ impl<'a> Context<'a> {
         opts: &ListenOptions,
     ) -> io::Result<ConnId> {
         let ep = addr.to_endpoint()?;
-        let id = match sock::bind(&ep, opts, self.core.config.backlog)? {
+        let id = match sock::bind(&ep, opts, self.core.config().backlog)? {
             Bound::Listener(l) => self.core.insert(Kind::Listener { l, paused: false })?,
             Bound::Dgram(sock) => self.insert_dgram(sock)?,
         };
@@ -85,11 +88,7 @@ impl<'a> Context<'a> {
     }
 
     fn insert_dgram(&mut self, sock: Dgram) -> io::Result<ConnId> {
-        self.core.insert(Kind::Dgram(DgramEntry {
-            sock,
-            queue: Default::default(),
-            blocked: false,
-        }))
+        self.core.insert(Kind::Dgram(DgramEntry::new(sock)))
     }
 
     /// Starts connecting to an address string, without blocking.
@@ -111,15 +110,10 @@ impl<'a> Context<'a> {
     /// later if that suits the protocol.
     pub fn connect(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
         let ep = addr.to_endpoint()?;
-        let (out, err) = sock::connect(&ep, self.core.config.nodelay)?;
+        let (out, err) = sock::connect(&ep, self.core.config().nodelay)?;
         match out {
             Outbound::Stream(stream) => {
-                let conn = Conn::new(
-                    stream,
-                    CONNECTING,
-                    self.core.now,
-                    self.core.config.idle_timeout,
-                );
+                let conn = Conn::new(stream, true, self.core.now(), self.core.idle_ns());
                 let id = self.core.insert(Kind::Conn(conn))?;
                 if let Some(e) = err {
                     self.core.fail_connect(id, e);
@@ -129,12 +123,8 @@ impl<'a> Context<'a> {
             Outbound::Dgram(sock) => {
                 let id = self.insert_dgram(sock)?;
                 match err {
-                    Some(e) => {
-                        self.core.close(id, CloseReason::Closed, false);
-                        self.core.notices.pop_back();
-                        self.core.notices.push_back(Notice::ConnectFailed(id, e));
-                    }
-                    None => self.core.notices.push_back(Notice::Open(id)),
+                    Some(e) => self.core.fail_dgram_connect(id, e),
+                    None => self.core.opened(id),
                 }
                 Ok(id)
             }
@@ -218,16 +208,11 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`], or [`Error::WrongKind`] for anything but a stream.
     pub fn shutdown(&mut self, id: ConnId) -> Result<(), Error> {
-        let Kind::Conn(c) = &mut self.core.entry(id)?.kind else {
+        let Kind::Conn(c) = self.core.entry(id)? else {
             return Err(Error::WrongKind);
         };
-        if c.flags & (SHUTDOWN | WRITE_SHUT) != 0 {
-            return Ok(());
-        }
-        c.flags |= SHUTDOWN;
-        if c.queued() == 0 && c.flags & CONNECTING == 0 {
-            c.flags |= WRITE_SHUT;
-            crate::core::shutdown_write(&c.stream)?;
+        if c.ask_shutdown() {
+            c.stream().shutdown_write()?;
         }
         Ok(())
     }
@@ -261,20 +246,18 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`].
     pub fn transport(&mut self, id: ConnId) -> Result<Transport, Error> {
-        Ok(match &self.core.entry(id)?.kind {
+        Ok(match self.core.entry(id)? {
             Kind::Listener { l, .. } => l.transport(),
-            Kind::Conn(c) => c.stream.transport(),
+            Kind::Conn(c) => c.stream().transport(),
             Kind::Dgram(d) => d.sock.transport(),
-            Kind::Fd(_) | Kind::Closed => Transport::Fd,
+            Kind::Fd(_) | Kind::Closed | Kind::Vacant => Transport::Fd,
         })
     }
 
     /// True if the id is a stream connection that has been accepted or has
     /// finished connecting, and is not closed.
     pub fn is_open(&mut self, id: ConnId) -> bool {
-        self.core
-            .conn(id)
-            .is_some_and(|c| c.flags & CONNECTING == 0)
+        self.core.conn(id).is_some_and(|c| !c.is_connecting())
     }
 
     /// The peer's credentials on a Unix stream connection (SO_PEERCRED).
@@ -282,11 +265,11 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`], [`Error::WrongKind`] for anything but a Unix stream.
     pub fn peer_cred(&mut self, id: ConnId) -> Result<PeerCred, Error> {
-        match &self.core.entry(id)?.kind {
-            Kind::Conn(Conn {
-                stream: Stream::Unix(s),
-                ..
-            }) => Ok(sock::peer_cred(s.as_raw_fd())?),
+        match self.core.entry(id)? {
+            Kind::Conn(c) => match c.stream() {
+                Stream::Unix(s) => Ok(sock::peer_cred(s.as_raw_fd())?),
+                Stream::Tcp(_) => Err(Error::WrongKind),
+            },
             _ => Err(Error::WrongKind),
         }
     }
@@ -312,11 +295,11 @@ impl<'a> Context<'a> {
     /// [`Error::Stale`] for a closed id, [`Error::WrongKind`] for a
     /// registered fd.
     pub fn socket(&mut self, id: ConnId) -> Result<SockRef<'_>, Error> {
-        Ok(match &self.core.entry(id)?.kind {
-            Kind::Listener { l, .. } => SockRef::from(l),
-            Kind::Conn(c) => SockRef::from(&c.stream),
+        Ok(match self.core.entry(id)? {
+            Kind::Listener { l, .. } => SockRef::from(&*l),
+            Kind::Conn(c) => SockRef::from(c.stream()),
             Kind::Dgram(d) => SockRef::from(&d.sock),
-            Kind::Fd(_) | Kind::Closed => return Err(Error::WrongKind),
+            Kind::Fd(_) | Kind::Closed | Kind::Vacant => return Err(Error::WrongKind),
         })
     }
 
@@ -333,7 +316,7 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
     pub fn queued(&mut self, id: ConnId) -> Result<usize, Error> {
-        match &self.core.entry(id)?.kind {
+        match self.core.entry(id)? {
             Kind::Conn(c) => Ok(c.queued()),
             _ => Err(Error::WrongKind),
         }
@@ -345,12 +328,11 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
     pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) -> Result<(), Error> {
-        let now = self.core.now;
-        let Kind::Conn(c) = &mut self.core.entry(id)?.kind else {
+        let now = self.core.now();
+        let Kind::Conn(c) = self.core.entry(id)? else {
             return Err(Error::WrongKind);
         };
-        c.idle_ns = timeout.map_or(0, |d| clock::nanos(d).max(1));
-        c.last_active = now;
+        c.set_idle(timeout.map_or(0, |d| clock::nanos(d).max(1)), now);
         if let Some(t) = timeout {
             self.core.ensure_sweep(t);
         }
@@ -367,7 +349,7 @@ impl<'a> Context<'a> {
     /// microseconds after; on a busy loop, at the end of the turn it falls in.
     pub fn set_timer(&mut self, delay: Duration) -> TimerId {
         let at = clock::now().saturating_add(clock::nanos(delay));
-        self.core.timers.insert(at, None, TimerKind::User)
+        self.core.timers_mut().insert(at, None, TimerKind::User)
     }
 
     /// Sets a periodic timer, first firing after `period`. If the loop falls
@@ -375,12 +357,14 @@ impl<'a> Context<'a> {
     pub fn set_interval(&mut self, period: Duration) -> TimerId {
         let period = period.max(Duration::from_micros(1));
         let at = clock::now().saturating_add(clock::nanos(period));
-        self.core.timers.insert(at, Some(period), TimerKind::User)
+        self.core
+            .timers_mut()
+            .insert(at, Some(period), TimerKind::User)
     }
 
     /// Cancels a timer. False if it already fired (one-shot) or was cancelled.
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
-        self.core.timers.cancel(timer)
+        self.core.timers_mut().cancel(timer)
     }
 
     /// Takes a socket out of the loop, deregistered, as a std socket in
@@ -393,35 +377,16 @@ impl<'a> Context<'a> {
     /// [`Error::Stale`], [`Error::WrongKind`] for a registered fd (the loop
     /// never owned it: use `close`).
     pub fn detach(&mut self, id: ConnId) -> Result<Detached, Error> {
-        let entry = self.core.entry(id)?;
-        if matches!(entry.kind, Kind::Fd(_)) {
-            return Err(Error::WrongKind);
-        }
-        let kind = std::mem::replace(&mut entry.kind, Kind::Closed);
-        let registry = self.core.poll.registry();
-        let (socket, unsent, unread, notify) = match kind {
-            Kind::Conn(mut c) => {
-                let _ = registry.deregister(c.stream.source());
-                if c.flags & COUNTED != 0 {
-                    self.core.stats.connections -= 1;
-                }
-                let unsent = c.output[c.written..].to_vec();
-                (c.stream.into_std(), unsent, c.input, true)
+        let (socket, unsent, unread) = match self.core.detach(id)? {
+            Kind::Conn(c) => {
+                let (stream, unsent, unread) = c.into_parts();
+                (stream.into_std(), unsent, unread)
             }
-            Kind::Listener { mut l, .. } => {
-                let _ = registry.deregister(l.source());
-                (l.into_std(), Vec::new(), Vec::new(), false)
-            }
-            Kind::Dgram(mut d) => {
-                let _ = registry.deregister(d.sock.source());
-                (d.sock.into_std(), Vec::new(), Vec::new(), true)
-            }
-            Kind::Fd(_) | Kind::Closed => unreachable!("checked above"),
+            Kind::Listener { l, .. } => (l.into_std(), Vec::new(), Vec::new()),
+            Kind::Dgram(d) => (d.sock.into_std(), Vec::new(), Vec::new()),
+            Kind::Fd(_) | Kind::Closed | Kind::Vacant => unreachable!("detach takes sockets only"),
         };
         set_blocking(&socket)?;
-        self.core
-            .notices
-            .push_back(Notice::Closed(id, CloseReason::Detached, notify));
         Ok(Detached {
             socket,
             unsent,
@@ -438,10 +403,10 @@ impl<'a> Context<'a> {
     pub fn adopt(&mut self, socket: impl Into<StdSocket>) -> io::Result<ConnId> {
         let socket = socket.into();
         set_nonblocking(&socket)?;
-        let idle = self.core.config.idle_timeout;
-        let now = self.core.now;
-        let nodelay = self.core.config.nodelay;
-        let stream = |s: Stream| Kind::Conn(Conn::new(s, 0, now, idle));
+        let idle = self.core.idle_ns();
+        let now = self.core.now();
+        let nodelay = self.core.config().nodelay;
+        let stream = |s: Stream| Kind::Conn(Conn::new(s, false, now, idle));
         let kind = match socket {
             StdSocket::TcpListener(l) => Kind::Listener {
                 l: Listener::Tcp(mio::net::TcpListener::from_std(l)),
@@ -458,25 +423,18 @@ impl<'a> Context<'a> {
                 stream(Stream::Tcp(mio::net::TcpStream::from_std(s)))
             }
             StdSocket::UnixStream(s) => stream(Stream::Unix(mio::net::UnixStream::from_std(s))),
-            StdSocket::UdpSocket(s) => Kind::Dgram(DgramEntry {
-                sock: Dgram::Udp(mio::net::UdpSocket::from_std(s)),
-                queue: Default::default(),
-                blocked: false,
-            }),
-            StdSocket::UnixDatagram(s) => Kind::Dgram(DgramEntry {
-                sock: Dgram::Unix(mio::net::UnixDatagram::from_std(s), None),
-                queue: Default::default(),
-                blocked: false,
-            }),
+            StdSocket::UdpSocket(s) => Kind::Dgram(DgramEntry::new(Dgram::Udp(
+                mio::net::UdpSocket::from_std(s),
+            ))),
+            StdSocket::UnixDatagram(s) => Kind::Dgram(DgramEntry::new(Dgram::Unix(
+                mio::net::UnixDatagram::from_std(s),
+                None,
+            ))),
         };
         let is_conn = matches!(kind, Kind::Conn(_));
         let id = self.core.insert(kind)?;
         if is_conn {
-            if let Some(c) = self.core.conn(id) {
-                c.flags |= COUNTED;
-            }
-            self.core.stats.connections += 1;
-            self.core.notices.push_back(Notice::Open(id));
+            self.core.opened(id);
         }
         Ok(id)
     }
@@ -494,32 +452,38 @@ impl<'a> Context<'a> {
 
     /// Registers any other file descriptor (stdin, a pipe, an eventfd) as a
     /// source: [`Handler::on_fd_ready`](crate::Handler::on_fd_ready) fires when
-    /// it is ready. Edge-triggered: read or write until `WouldBlock`. The fd
-    /// must be non-blocking and stay open while registered; the loop does not
-    /// own it and `close` only deregisters it.
+    /// it is ready. Edge-triggered: read or write until `WouldBlock`.
+    ///
+    /// The loop owns the fd from now on: [`close`](Context::close) (or the
+    /// loop's end) deregisters and closes it, so an fd number reused by
+    /// another file can never be touched through this id. To watch a file
+    /// that something else keeps using, register a duplicate
+    /// (`fd.try_clone()`, `stdin().as_fd().try_clone_to_owned()`). The fd
+    /// should be non-blocking; a duplicate shares that mode with the
+    /// original.
     ///
     /// # Errors
     /// The OS error from registering (`PermissionDenied` for a regular file,
-    /// which epoll cannot watch).
-    pub fn register_fd(&mut self, fd: RawFd, interest: Interest) -> io::Result<ConnId> {
-        let id = self.core.insert(Kind::Fd(fd))?;
-        if let Err(e) =
-            self.core
-                .poll
-                .registry()
-                .register(&mut mio::unix::SourceFd(&fd), id.token(), interest)
-        {
-            self.core.entries.remove(id.key as usize);
-            return Err(e);
-        }
-        Ok(id)
+    /// which epoll cannot watch); the fd is closed.
+    pub fn register_fd(&mut self, fd: OwnedFd, interest: Interest) -> io::Result<ConnId> {
+        self.core.insert_fd(fd, interest.to_mio())
+    }
+
+    /// Changes what a registered fd is watched for (readable, writable or
+    /// both).
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a registered
+    /// fd, or the OS error.
+    pub fn set_interest(&mut self, id: ConnId, interest: Interest) -> Result<(), Error> {
+        self.core.reregister_fd(id, interest.to_mio())
     }
 
     /// Stops the loop gracefully: listeners close (Unix socket files are
     /// removed), every connection closes once its queue is flushed or the
     /// drain deadline ([`Config::drain_timeout`]) passes, then `run` returns.
     pub fn stop(&mut self) {
-        self.core.stop |= crate::core::STOP_ASKED;
+        self.core.stop_mut().ask();
     }
 
     /// The current time (`Instant::now()`). The loop itself keeps only a
@@ -531,12 +495,12 @@ impl<'a> Context<'a> {
 
     /// The loop's counters.
     pub fn stats(&self) -> &Stats {
-        &self.core.stats
+        self.core.stats()
     }
 
     /// The loop's configuration.
     pub fn config(&self) -> &Config {
-        &self.core.config
+        self.core.config()
     }
 }
 

@@ -1,383 +1,789 @@
-//! The loop's state that callbacks may touch through a [`Context`]: the slab
-//! of sockets, timers, queues, limits and counters. The dispatch that calls
-//! the handler lives in `event_loop.rs`; nothing here calls the handler, it
-//! leaves [`Notice`]s that the dispatcher delivers once the current callback
-//! has returned.
+//! The loop's state that callbacks reach through a [`Context`](crate::Context):
+//! the slots of sockets (each with its own generation), the flush and ready
+//! lists, timers, limits, counters, the stop state and the zero-copy reply
+//! window. It never calls the handler: what the handler must hear it leaves
+//! as [`Notice`]s, which the dispatcher (`event_loop`) delivers once the
+//! running callback has returned.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::{Interest, Poll};
+use mio::{Interest, Registry};
 
+use crate::conn::{Conn, Flush, Gate};
+use crate::poller::{Poller, Readiness};
 use crate::remote::Shared;
-use crate::sock::{Dgram, Listener, Stream};
+use crate::sock::{Dgram, Listener};
 use crate::timer::{TimerKind, Timers};
-use crate::{CloseReason, Config, ConnId, Error, Stats, TimerId};
+use crate::{clock, CloseReason, Config, ConnId, Error, Stats, TimerId};
 
-// Connection flags.
-pub(crate) const CONNECTING: u16 = 1 << 0; // outbound connect in progress
-pub(crate) const CLOSING: u16 = 1 << 1; // graceful close: flush, then close
-pub(crate) const SHUTDOWN: u16 = 1 << 2; // shut the write side once the queue drains
-pub(crate) const WRITE_SHUT: u16 = 1 << 3; // the write side is shut
-pub(crate) const EOF: u16 = 1 << 4; // the peer closed its write side
-pub(crate) const PAUSED: u16 = 1 << 5; // reading paused: write queue above high water
-pub(crate) const PENDING: u16 = 1 << 6; // in `Core::pending`
-pub(crate) const READY: u16 = 1 << 7; // in `Core::ready`
-pub(crate) const BLOCKED: u16 = 1 << 8; // the kernel refused a write: wait for WRITABLE
-pub(crate) const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
-
-// Stop states (`Core::stop`), one byte so that the loop tests them at once.
-pub(crate) const STOP_ASKED: u8 = 1 << 0; // a stop was asked for; the dispatcher begins it
-pub(crate) const STOPPING: u8 = 1 << 1; // a graceful stop is draining
-pub(crate) const STOP_NOW: u8 = 1 << 2; // stop at once: abort what is left
-
-/// An emptied output buffer up to this capacity stays with its connection,
-/// so a steady stream of messages does not allocate; a larger one (grown by a
-/// burst) is freed as soon as it drains. The idle sweep frees the small ones
-/// of connections that went quiet, so an idle connection holds no buffer.
-const KEEP_BUF: usize = 8 * 1024;
 /// A send at least this large to an empty queue is written at once (see
-/// `Core::send_direct`).
+/// `Core::send_grow`).
 const DIRECT_SEND: usize = 16 * 1024;
-
-/// A stream connection.
-pub(crate) struct Conn {
-    pub(crate) stream: Stream,            // the socket
-    pub(crate) input: Vec<u8>,            // unconsumed input; no allocation while empty
-    pub(crate) output: Vec<u8>,           // queued output; `output[written..]` is unsent
-    pub(crate) written: usize,            // bytes of `output` already sent
-    pub(crate) flags: u16,                // CONNECTING, CLOSING, …
-    pub(crate) close_reason: CloseReason, // the reason a graceful close will report
-    pub(crate) last_active: u64,          // last progress (loop clock, ns), for the idle timeout
-    pub(crate) idle_ns: u64,              // this connection's idle timeout in ns; 0: none
-}
-
-impl Conn {
-    pub(crate) fn new(stream: Stream, flags: u16, now: u64, idle: Option<Duration>) -> Conn {
-        Conn {
-            stream,
-            input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
-            flags,
-            close_reason: CloseReason::Closed,
-            last_active: now,
-            idle_ns: idle.map_or(0, |d| crate::clock::nanos(d).max(1)),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn queued(&self) -> usize {
-        self.output.len() - self.written
-    }
-}
+/// A slot whose generation reaches this is retired, never reused, so that
+/// no two ids for one slot can be equal (and no id token can reach the
+/// reserved ones, whose generation half is all ones).
+const GEN_LIMIT: u32 = u32::MAX - 1;
 
 /// A datagram socket.
 pub(crate) struct DgramEntry {
-    pub(crate) sock: Dgram,                                           // the socket
-    pub(crate) queue: VecDeque<(Vec<u8>, Option<socket2::SockAddr>)>, // datagrams the kernel refused, to retry on WRITABLE
-    pub(crate) blocked: bool, // the kernel refused: wait for WRITABLE
+    pub(crate) sock: Dgram,                                // the socket
+    queue: VecDeque<(Vec<u8>, Option<socket2::SockAddr>)>, // datagrams the kernel refused, to retry on WRITABLE
+    blocked: bool,                                         // the kernel refused: wait for WRITABLE
 }
 
-/// What a slab slot holds.
+impl DgramEntry {
+    pub(crate) fn new(sock: Dgram) -> DgramEntry {
+        DgramEntry {
+            sock,
+            queue: VecDeque::new(),
+            blocked: false,
+        }
+    }
+}
+
+/// What a slot holds.
 pub(crate) enum Kind {
-    Listener {
-        l: Listener,
-        paused: bool,
-    }, // paused: accepting backs off after EMFILE
+    /// A listener; `paused` while accepting backs off after EMFILE.
+    Listener { l: Listener, paused: bool },
+    /// A stream connection.
     Conn(Conn),
+    /// A datagram socket.
     Dgram(DgramEntry),
-    Fd(RawFd), // a user's fd, not owned
-    /// Closed, waiting for its notice to be delivered; the slot is not reused
-    /// until then, so per-connection state cannot be handed to a newcomer.
+    /// A file descriptor registered by the user, owned by the loop.
+    Fd(OwnedFd),
+    /// Closed, waiting for its notice to be delivered; the slot is not
+    /// reused until then, so per-connection state cannot reach a newcomer.
     Closed,
+    /// Free.
+    Vacant,
 }
 
-pub(crate) struct Entry {
-    pub(crate) gen: u32,   // matches ConnId::gen while this socket lives; 0: vacant
-    pub(crate) kind: Kind, // the socket
+struct Slot {
+    gen: u32,   // the generation of the slot's current (or last) occupant
+    kind: Kind, // what it holds
 }
 
-/// The sockets by slot: a `Vec` with a free list. A vacant slot holds
-/// generation 0, which no id carries, and `Kind::Closed`, so a lookup needs
-/// only the generation check an id needs anyway (a slab would add its own
-/// occupied/vacant match).
-pub(crate) struct Entries {
-    slots: Vec<Entry>, // by key
-    free: Vec<u32>,    // vacant keys, the last freed reused first
-    len: usize,        // occupied slots
+/// The sockets by slot: a `Vec` with a free list. Each slot counts its own
+/// generations: an id is a slot and the generation of the occupant it
+/// named, so a kept id never reaches a later occupant. A slot is retired
+/// when its generation would wrap.
+pub(crate) struct Slots {
+    slots: Vec<Slot>, // by key
+    free: Vec<u32>,   // vacant keys, the last freed reused first
+    len: usize,       // occupied slots (tombstones included)
 }
 
-impl Entries {
-    fn with_capacity(n: usize) -> Entries {
-        Entries {
-            slots: Vec::with_capacity(n),
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            slots: Vec::with_capacity(64),
             free: Vec::new(),
             len: 0,
         }
     }
 
-    /// The slot at `key`, occupied or not: callers compare generations.
-    #[inline(always)]
-    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut Entry> {
-        self.slots.get_mut(key)
-    }
-
-    /// The slot at `key`, occupied or not: callers compare generations.
-    #[inline(always)]
-    pub(crate) fn get(&self, key: usize) -> Option<&Entry> {
-        self.slots.get(key)
-    }
-
-    /// Occupied slots.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Puts `entry` (whose generation is not 0) in a free slot; its key.
-    fn insert(&mut self, entry: Entry) -> usize {
-        debug_assert_ne!(entry.gen, 0);
-        self.len += 1;
-        match self.free.pop() {
-            Some(k) => {
-                self.slots[k as usize] = entry;
-                k as usize
-            }
+    /// The id the next `insert` will hand out.
+    fn next_id(&self) -> io::Result<ConnId> {
+        let (key, gen) = match self.free.last() {
+            Some(&k) => (k, self.slots[k as usize].gen + 1),
             None => {
-                self.slots.push(entry);
-                self.slots.len() - 1
+                let k = u32::try_from(self.slots.len())
+                    .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "too many sockets"))?;
+                (k, 1)
             }
+        };
+        Ok(ConnId::new(key, gen))
+    }
+
+    /// Puts `kind` in the slot `next_id` named.
+    fn insert(&mut self, id: ConnId, kind: Kind) {
+        self.len += 1;
+        let slot = Slot { gen: id.gen, kind };
+        if self.free.last() == Some(&id.key) {
+            self.free.pop();
+            self.slots[id.key as usize] = slot;
+        } else {
+            debug_assert_eq!(id.key as usize, self.slots.len());
+            self.slots.push(slot);
         }
     }
 
-    /// The key the next `insert` will use.
-    fn next_key(&self) -> usize {
-        self.free.last().map_or(self.slots.len(), |&k| k as usize)
-    }
-
-    /// Frees an occupied slot.
-    pub(crate) fn remove(&mut self, key: usize) {
-        let Some(e) = self.slots.get_mut(key) else {
+    /// Frees the slot an id names (a no-op for a stale id).
+    fn remove(&mut self, id: ConnId) {
+        let Some(s) = self.slots.get_mut(id.key as usize) else {
             return;
         };
-        if e.gen == 0 {
+        if s.gen != id.gen || matches!(s.kind, Kind::Vacant) {
             return;
         }
-        *e = Entry {
-            gen: 0,
-            kind: Kind::Closed,
-        };
+        s.kind = Kind::Vacant;
         self.len -= 1;
-        self.free.push(key as u32);
+        if s.gen < GEN_LIMIT {
+            self.free.push(id.key);
+        }
     }
 
-    /// Occupied slots and their keys.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> {
-        self.slots.iter().enumerate().filter(|(_, e)| e.gen != 0)
+    /// The live entry an id names (not a tombstone).
+    #[inline(always)]
+    fn live(&mut self, id: ConnId) -> Option<&mut Kind> {
+        match self.slots.get_mut(id.key as usize) {
+            Some(s) if s.gen == id.gen && !matches!(s.kind, Kind::Closed | Kind::Vacant) => {
+                Some(&mut s.kind)
+            }
+            _ => None,
+        }
     }
 
-    /// Occupied slots and their keys, mutably.
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Entry)> {
+    /// The stream connection an id names.
+    #[inline(always)]
+    fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(id.key as usize) {
+            Some(Slot {
+                gen,
+                kind: Kind::Conn(c),
+            }) if *gen == id.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The entry an id names, tombstone included.
+    fn named(&self, id: ConnId) -> Option<&Kind> {
+        match self.slots.get(id.key as usize) {
+            Some(s) if s.gen == id.gen && !matches!(s.kind, Kind::Vacant) => Some(&s.kind),
+            _ => None,
+        }
+    }
+
+    /// Live entries and their ids.
+    fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Kind)> {
         self.slots
             .iter_mut()
             .enumerate()
-            .filter(|(_, e)| e.gen != 0)
+            .filter(|(_, s)| !matches!(s.kind, Kind::Closed | Kind::Vacant))
+            .map(|(k, s)| (ConnId::new(k as u32, s.gen), &mut s.kind))
     }
 }
 
-/// Something the dispatcher tells the handler once the current callback returns.
+/// Something the dispatcher tells the handler once the running callback
+/// returns.
 pub(crate) enum Notice {
+    /// A connection opened (connected, adopted, or a connected datagram socket).
     Open(ConnId),
-    Closed(ConnId, CloseReason, bool), // the bool: tell the handler (false for listeners and fds)
+    /// A socket closed; the bool says whether the handler hears of it
+    /// (false for listeners and fds, which have no state).
+    Closed(ConnId, CloseReason, bool),
+    /// An outbound connection failed.
     ConnectFailed(ConnId, io::Error),
+    /// Reading paused (true) or resumed (false).
     Backpressure(ConnId, bool),
 }
 
+/// The stop state: one byte, so that the loop tests it at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stop(u8);
+
+impl Stop {
+    const ASKED: u8 = 1 << 0; // a stop was asked for; the dispatcher begins it
+    const STOPPING: u8 = 1 << 1; // a graceful stop is draining
+    const NOW: u8 = 1 << 2; // stop at once: abort what is left
+
+    /// A stop was asked for (and perhaps begun).
+    pub(crate) fn asked(self) -> bool {
+        self.0 & Self::ASKED != 0
+    }
+    /// A graceful stop is draining.
+    pub(crate) fn draining(self) -> bool {
+        self.0 & Self::STOPPING != 0
+    }
+    /// Asked for and not begun yet.
+    pub(crate) fn due(self) -> bool {
+        self.0 & (Self::ASKED | Self::STOPPING) == Self::ASKED
+    }
+    /// An immediate stop is due.
+    pub(crate) fn immediate(self) -> bool {
+        self.0 & Self::NOW != 0
+    }
+    pub(crate) fn ask(&mut self) {
+        self.0 |= Self::ASKED;
+    }
+    pub(crate) fn begin(&mut self) {
+        self.0 |= Self::STOPPING;
+    }
+    pub(crate) fn now(&mut self) {
+        self.0 |= Self::NOW;
+    }
+}
+
+/// The zero-copy reply window: while `on_data` runs for a connection whose
+/// queue is empty and whose write side is open, the first `send` of a slice
+/// of the data just offered (which lies in the loop's read buffer) is
+/// recorded, not copied, and written from the buffer when `on_data` returns.
+/// Anything else done to that connection meanwhile first settles the reply
+/// into the queue (`Core::settle`), so order always holds and the socket
+/// cannot be closed under a pending write.
+pub(crate) struct ZeroCopy {
+    conn: u64,        // the connection being read (`ConnId::as_u64`); 0: no window
+    buf: *const u8,   // the read buffer
+    buf_len: usize,   // and its length
+    reply: *const u8, // the recorded reply: a slice of the buffer
+    reply_len: usize, // and its length (0: none)
+}
+
+// SAFETY: the pointers name the loop's own read buffer (a boxed slice that
+// moves with the loop without its bytes moving), and are dereferenced only
+// on the loop's thread while that buffer is not written.
+unsafe impl Send for ZeroCopy {}
+
+impl ZeroCopy {
+    fn new() -> ZeroCopy {
+        ZeroCopy {
+            conn: 0,
+            buf: std::ptr::null(),
+            buf_len: 0,
+            reply: std::ptr::null(),
+            reply_len: 0,
+        }
+    }
+
+    /// True if `id` is the connection whose window is open.
+    #[inline(always)]
+    fn is(&self, id: ConnId) -> bool {
+        id.as_u64() == self.conn
+    }
+
+    /// Records `data` as the reply if it is the first send and a slice of
+    /// the read buffer.
+    #[inline(always)]
+    fn record(&mut self, data: &[u8]) -> bool {
+        let off = (data.as_ptr() as usize).wrapping_sub(self.buf as usize);
+        if self.reply_len == 0
+            && off < self.buf_len
+            && data.len().wrapping_sub(1) < self.buf_len - off
+        {
+            self.reply = data.as_ptr();
+            self.reply_len = data.len();
+            return true;
+        }
+        false
+    }
+
+    /// Closes the window; the recorded reply, if any.
+    #[inline(always)]
+    fn close(&mut self) -> Option<(ConnId, Reply)> {
+        let id = ConnId::from_u64(std::mem::take(&mut self.conn));
+        let len = std::mem::take(&mut self.reply_len);
+        if len == 0 {
+            return None;
+        }
+        Some((
+            id,
+            Reply {
+                at: self.reply,
+                len,
+            },
+        ))
+    }
+}
+
+/// A reply the zero-copy window recorded: a slice of the read buffer.
+struct Reply {
+    at: *const u8, // where it starts in the read buffer
+    len: usize,    // its length (not 0)
+}
+
+impl Reply {
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a recorded reply names `len` bytes of the loop's read
+        // buffer, which is not written while the window is open, nor before
+        // the reply is written or queued: right after `on_data` returns
+        // (`Core::after_data`), or when something settles it during
+        // `on_data` (`Core::settle`).
+        unsafe { std::slice::from_raw_parts(self.at, self.len) }
+    }
+}
+
+/// What a read step came to.
+pub(crate) enum Read {
+    /// `n` fresh bytes at the front of the buffer, nothing held back: offer
+    /// them. A reply may be recorded by the zero-copy window.
+    Fresh(usize),
+    /// `n` bytes appended to the input held back: offer that input.
+    Held(usize),
+    /// End of file.
+    Eof,
+    /// Nothing to read now, or not reading (paused, closing, …).
+    Done,
+    /// The id is not an open stream connection: another kind of socket,
+    /// or stale (first read of an event only).
+    Other,
+    /// Connecting or waiting for WRITABLE (first read of an event only).
+    Slow,
+    /// The read failed: the connection is closed.
+    Failed,
+}
+
+/// What accepting one connection came to.
+pub(crate) enum Accept {
+    /// A connection, open (`refused` false) or over `max_connections`.
+    Conn(ConnId, bool),
+    /// The backlog is empty, the listener is paused or gone.
+    Done,
+    /// Out of file descriptors: accepting paused for the backoff.
+    Exhausted,
+    /// One accept failed (ECONNABORTED and the like): try the next.
+    Skip,
+}
+
+/// The loop's state, reached by callbacks through a `Context`.
 pub(crate) struct Core {
-    pub(crate) poll: Poll,                         // the one poll of this loop
-    pub(crate) entries: Entries,                   // every socket, keyed by ConnId::key
-    pub(crate) gen: u32,                           // the last generation handed out
-    pub(crate) timers: Timers,                     // user and internal timers
-    pub(crate) config: Config,                     // limits
-    pub(crate) stats: Stats,                       // counters
-    pub(crate) now: u64, // the loop clock (ns), coarse: read when timers are due and on rare paths
-    pub(crate) timerfd: crate::clock::TimerFd, // wakes the poll at the next deadline
-    pub(crate) pending: Vec<ConnId>, // sockets with output to flush before the next poll
-    pub(crate) ready: Vec<ConnId>, // sockets to read again before blocking (budget cut, resumed)
-    pub(crate) notices: VecDeque<Notice>, // for the handler, after the current callback
-    pub(crate) stop: u8, // STOP_ASKED, STOPPING, STOP_NOW: 0 while running
-    pub(crate) sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
-    pub(crate) accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
-    pub(crate) emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
-    pub(crate) shared: Arc<Shared>, // the waker and flags shared with handles
-    /// The connection whose `on_data` is running, as `ConnId::as_u64`, while
-    /// its first send may be a slice of the read buffer written without a
-    /// copy when `on_data` returns (its queue empty, its write side open);
-    /// 0 otherwise. Anything else done to that connection during the
-    /// callback settles the deferred send first (`Core::settle`).
-    pub(crate) hot: u64,
-    pub(crate) deferred_at: usize, // the deferred send: its address in the read buffer
-    pub(crate) deferred_len: usize, // and length (0: none)
-    pub(crate) rbuf_at: usize,     // the loop's read buffer: its address
-    pub(crate) rbuf_len: usize,    // and length
+    poller: Poller,                     // the OS readiness API
+    slots: Slots,                       // every socket, by `ConnId::key`
+    timers: Timers,                     // user and internal timers
+    config: Config,                     // limits
+    stats: Stats,                       // counters
+    now: u64, // the loop clock (ns), coarse: read when timers are due and on rare paths
+    pending: Vec<ConnId>, // connections with output to flush before the next poll
+    ready: Vec<ConnId>, // sockets to serve again before blocking (budget cut, resumed, interrupted)
+    notices: VecDeque<Notice>, // for the handler, after the running callback
+    stop: Stop, // the stop state
+    sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
+    accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
+    emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
+    shared: Arc<Shared>, // the waker and flags shared with handles
+    zero_copy: ZeroCopy, // the zero-copy reply window of the running `on_data`
 }
 
 impl Core {
-    pub(crate) fn new(poll: Poll, config: Config, shared: Arc<Shared>) -> io::Result<Core> {
-        let timerfd = crate::clock::TimerFd::new()?;
-        poll.registry().register(
-            &mut mio::unix::SourceFd(&timerfd.raw()),
-            crate::event_loop::TIMER,
-            Interest::READABLE,
-        )?;
+    pub(crate) fn new(config: Config, shared: Arc<Shared>, poller: Poller) -> Core {
         let mut core = Core {
-            timerfd,
-            poll,
-            entries: Entries::with_capacity(64),
-            gen: 0,
+            poller,
+            slots: Slots::new(),
             timers: Timers::new(),
             config,
             stats: Stats::default(),
-            now: crate::clock::now(),
+            now: clock::now(),
             pending: Vec::with_capacity(64),
             ready: Vec::new(),
             notices: VecDeque::new(),
-            stop: 0,
+            stop: Stop::default(),
             sweep: None,
             accept_paused: Vec::new(),
             emfile_logged: None,
             shared,
-            hot: 0,
-            deferred_at: 0,
-            deferred_len: 0,
-            rbuf_at: 0,
-            rbuf_len: 0,
+            zero_copy: ZeroCopy::new(),
         };
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
         }
-        Ok(core)
+        core
     }
 
-    /// Puts a socket in the slab and registers it.
-    pub(crate) fn insert(&mut self, kind: Kind) -> io::Result<ConnId> {
-        self.gen = self.gen.wrapping_add(1).max(1); // 0 marks a vacant slot
-        let gen = self.gen;
-        let key = u32::try_from(self.entries.next_key())
-            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "too many sockets"))?;
-        let id = ConnId::new(key, gen);
-        self.entries.insert(Entry { gen, kind });
-        let entry = &mut self.entries.slots[key as usize];
-        let registry = self.poll.registry();
-        let res = match &mut entry.kind {
+    // ----- Plain accessors -----
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+    pub(crate) fn registry(&self) -> &Registry {
+        self.poller.registry()
+    }
+    pub(crate) fn stop_state(&self) -> Stop {
+        self.stop
+    }
+    pub(crate) fn stop_mut(&mut self) -> &mut Stop {
+        &mut self.stop
+    }
+    pub(crate) fn now(&self) -> u64 {
+        self.now
+    }
+    /// Reads the clock into the loop clock.
+    pub(crate) fn tick(&mut self) -> u64 {
+        self.now = clock::now();
+        self.now
+    }
+    pub(crate) fn sockets(&self) -> usize {
+        self.slots.len
+    }
+    pub(crate) fn timers_mut(&mut self) -> &mut Timers {
+        &mut self.timers
+    }
+
+    // ----- The poll -----
+
+    /// Arms the wake-up for the next timer, then waits.
+    #[inline(always)]
+    pub(crate) fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.poller.arm(self.timers.peek());
+        self.stats.polls += 1;
+        self.poller.poll(timeout)
+    }
+
+    /// The next event of the last poll.
+    #[inline(always)]
+    pub(crate) fn next_event(&mut self) -> Option<(usize, Readiness)> {
+        let ev = self.poller.next();
+        self.stats.events += ev.is_some() as u64;
+        ev
+    }
+
+    /// The timer event was served.
+    pub(crate) fn timer_fired(&mut self) {
+        self.poller.timer_fired();
+        self.now = clock::now();
+    }
+
+    /// True if the loop has work before it may block: the ready list,
+    /// output to flush, notices to deliver.
+    #[inline(always)]
+    pub(crate) fn has_work(&self) -> bool {
+        (self.ready.len() | self.pending.len() | self.notices.len()) != 0
+    }
+
+    /// True if the loop has work or a stop under way (one test).
+    #[inline(always)]
+    pub(crate) fn busy(&self) -> bool {
+        (self.ready.len() | self.pending.len() | self.notices.len() | self.stop.0 as usize) != 0
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+    pub(crate) fn has_notices(&self) -> bool {
+        !self.notices.is_empty()
+    }
+    /// Swaps the ready list into `work` (empty).
+    pub(crate) fn take_ready(&mut self, work: &mut Vec<ConnId>) {
+        std::mem::swap(work, &mut self.ready);
+    }
+    /// Swaps the flush list into `work` (empty).
+    pub(crate) fn take_pending(&mut self, work: &mut Vec<ConnId>) {
+        std::mem::swap(work, &mut self.pending);
+    }
+    pub(crate) fn next_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    // ----- Slots -----
+
+    /// Puts a socket in a slot and registers it.
+    pub(crate) fn insert(&mut self, mut kind: Kind) -> io::Result<ConnId> {
+        let id = self.slots.next_id()?;
+        let registry = self.poller.registry();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        match &mut kind {
             Kind::Listener { l, .. } => {
-                registry.register(l.source(), id.token(), Interest::READABLE)
+                registry.register(l.source(), id.token(), Interest::READABLE)?
             }
-            Kind::Conn(c) => registry.register(
-                c.stream.source(),
-                id.token(),
-                Interest::READABLE | Interest::WRITABLE,
-            ),
-            Kind::Dgram(d) => registry.register(
-                d.sock.source(),
-                id.token(),
-                Interest::READABLE | Interest::WRITABLE,
-            ),
-            Kind::Fd(_) | Kind::Closed => Ok(()),
-        };
-        if let Err(e) = res {
-            self.entries.remove(key as usize);
-            return Err(e);
+            Kind::Conn(c) => registry.register(c.stream_mut().source(), id.token(), both)?,
+            Kind::Dgram(d) => registry.register(d.sock.source(), id.token(), both)?,
+            Kind::Fd(_) | Kind::Closed | Kind::Vacant => {}
         }
+        self.slots.insert(id, kind);
         Ok(id)
     }
 
-    /// The live entry an id names. For the connection whose `on_data` is
-    /// running, settles a deferred send first, so what the caller sees or
-    /// does to it follows every earlier send (and it cannot be closed or
-    /// detached under a pending zero-copy write).
-    #[inline]
-    pub(crate) fn entry(&mut self, id: ConnId) -> Result<&mut Entry, Error> {
-        if id.as_u64() == self.hot {
-            self.settle();
-        }
-        live(&mut self.entries, id)
+    /// Registers a user's fd, owned by the loop from now on.
+    pub(crate) fn insert_fd(&mut self, fd: OwnedFd, interest: Interest) -> io::Result<ConnId> {
+        let id = self.slots.next_id()?;
+        self.poller.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            id.token(),
+            interest,
+        )?;
+        self.slots.insert(id, Kind::Fd(fd));
+        Ok(id)
     }
 
-    /// The stream connection an id names (settling a deferred send to it
-    /// first, as `entry`).
+    /// Changes the interest of a registered fd.
+    pub(crate) fn reregister_fd(&mut self, id: ConnId, interest: Interest) -> Result<(), Error> {
+        let Some(Kind::Fd(fd)) = self.live(id) else {
+            return Err(self.why_not(id));
+        };
+        let raw = fd.as_raw_fd();
+        self.poller
+            .registry()
+            .reregister(&mut mio::unix::SourceFd(&raw), id.token(), interest)?;
+        Ok(())
+    }
+
+    /// The live entry an id names. For the connection whose `on_data` is
+    /// running, settles a recorded reply first, so what the caller sees or
+    /// does to it follows every earlier send.
+    #[inline]
+    pub(crate) fn entry(&mut self, id: ConnId) -> Result<&mut Kind, Error> {
+        if self.zero_copy.is(id) {
+            self.settle();
+        }
+        self.slots.live(id).ok_or(Error::Stale)
+    }
+
+    /// `entry`, as an option.
+    fn live(&mut self, id: ConnId) -> Option<&mut Kind> {
+        self.entry(id).ok()
+    }
+
+    /// The stream connection an id names (settling a recorded reply first).
     #[inline]
     pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
-        if id.as_u64() == self.hot {
+        if self.zero_copy.is(id) {
             self.settle();
         }
-        conn_in(&mut self.entries, id)
+        self.slots.conn(id)
     }
 
-    /// Ends the zero-copy window of the running `on_data`: a deferred send
-    /// is copied into its connection's queue, to go out before the next poll
-    /// like any other.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn settle(&mut self) {
-        let id = ConnId::from_u64(std::mem::take(&mut self.hot));
-        let len = std::mem::take(&mut self.deferred_len);
-        if len != 0 {
-            // SAFETY: a deferred send names `len` bytes of the loop's read
-            // buffer, which is not written while `on_data` runs.
-            let data = unsafe { std::slice::from_raw_parts(self.deferred_at as *const u8, len) };
-            let _ = self.enqueue(id, data);
+    /// Why an id names no socket of the kind asked for.
+    fn why_not(&mut self, id: ConnId) -> Error {
+        if self.slots.live(id).is_some() {
+            Error::WrongKind
+        } else {
+            Error::Stale
+        }
+    }
+
+    /// Frees the slot of a socket whose close the handler is being told.
+    pub(crate) fn free(&mut self, id: ConnId) {
+        if matches!(self.slots.named(id), Some(Kind::Closed)) {
+            self.slots.remove(id);
         }
     }
 
     pub(crate) fn fd_of(&mut self, id: ConnId) -> Result<RawFd, Error> {
-        use std::os::fd::AsRawFd;
-        Ok(match &self.entry(id)?.kind {
+        Ok(match self.entry(id)? {
             Kind::Listener { l, .. } => l.as_fd().as_raw_fd(),
-            Kind::Conn(c) => c.stream.as_fd().as_raw_fd(),
+            Kind::Conn(c) => c.stream().as_fd().as_raw_fd(),
             Kind::Dgram(d) => d.sock.as_fd().as_raw_fd(),
-            Kind::Fd(fd) => *fd,
-            Kind::Closed => return Err(Error::Stale),
+            Kind::Fd(fd) => fd.as_raw_fd(),
+            Kind::Closed | Kind::Vacant => return Err(Error::Stale),
         })
     }
 
+    /// Every live id.
+    pub(crate) fn ids(&mut self, out: &mut Vec<ConnId>) {
+        out.clear();
+        out.extend(self.slots.iter_mut().map(|(id, _)| id));
+    }
+
+    /// True while any stream connection is open.
+    pub(crate) fn has_streams(&mut self) -> bool {
+        self.slots
+            .iter_mut()
+            .any(|(_, k)| matches!(k, Kind::Conn(_)))
+    }
+
+    // ----- The lists -----
+
     pub(crate) fn mark_pending(&mut self, id: ConnId) {
-        if let Some(c) = self.conn(id) {
-            if c.flags & PENDING == 0 {
-                c.flags |= PENDING;
+        if let Some(c) = self.slots.conn(id) {
+            if c.mark_pending() {
                 self.pending.push(id);
             }
         }
     }
 
+    /// Puts a socket on the ready list: served before the loop blocks.
     pub(crate) fn mark_ready(&mut self, id: ConnId) {
-        if let Some(c) = self.conn(id) {
-            if c.flags & READY != 0 {
+        if let Some(c) = self.slots.conn(id) {
+            if !c.mark_ready() {
                 return;
             }
-            c.flags |= READY;
         }
         self.ready.push(id);
     }
 
+    /// A read loop stopped at its budget: the connection goes on the ready
+    /// list, remembering an end of file the event reported.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn budget_cut(&mut self, id: ConnId, ready: Readiness) {
+        if let Some(c) = self.slots.conn(id) {
+            if ready.maybe_read_closed() {
+                note_read_closed(c, ready);
+            }
+        }
+        self.mark_ready(id);
+    }
+
+    /// A connection came off the ready list: the readiness to read it
+    /// with, or `None` if it is not an open connection.
+    pub(crate) fn unready(&mut self, id: ConnId) -> Option<Readiness> {
+        let c = self.slots.conn(id)?;
+        c.unmark_ready();
+        Some(c.resume_readiness())
+    }
+
+    // ----- Reading -----
+
+    /// One read of a connection into `buf`, with its bookkeeping. For fresh
+    /// bytes with nothing queued, opens the zero-copy window; the caller
+    /// offers the bytes, then calls [`after_data`](Core::after_data).
+    #[inline(always)]
+    pub(crate) fn read(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8],
+        gate: Gate,
+        ready: Readiness,
+    ) -> Read {
+        let now = self.now;
+        let Some(c) = self.slots.conn(id) else {
+            return Read::Other;
+        };
+        if c.stops_reading(gate) || !ready.readable() {
+            if gate == Gate::FROM_EVENT && c.waits_for_writable() {
+                return Read::Slow;
+            }
+            if ready.maybe_read_closed() {
+                note_read_closed(c, ready);
+            }
+            return Read::Done;
+        }
+        let n = match c.read(buf) {
+            Ok(n) if n > 0 => n,
+            Ok(_) => return Read::Eof,
+            Err(e) => return self.read_error(id, e),
+        };
+        self.stats.bytes_read += n as u64;
+        if !c.holds_no_input() {
+            return self.hold(id, &buf[..n]);
+        }
+        // Reading with nothing held back counts as progress for the idle
+        // timeout; bytes that never complete a message do not.
+        c.touch(now);
+        if c.zero_copy_allowed() {
+            self.zero_copy.conn = id.as_u64();
+            self.zero_copy.buf = buf.as_ptr();
+            self.zero_copy.buf_len = buf.len();
+        }
+        Read::Fresh(n)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_error(&mut self, id: ConnId, e: io::Error) -> Read {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Read::Done,
+            io::ErrorKind::Interrupted => Read::Done,
+            _ => {
+                self.close(id, CloseReason::from_io(&e), true);
+                Read::Failed
+            }
+        }
+    }
+
+    /// Fresh bytes behind input held back: appended to it.
+    #[cold]
+    #[inline(never)]
+    fn hold(&mut self, id: ConnId, data: &[u8]) -> Read {
+        let max = self.config.max_input;
+        let Some(c) = self.slots.conn(id) else {
+            return Read::Done;
+        };
+        if !c.hold_input(data, max) {
+            self.input_too_large(id);
+            return Read::Failed;
+        }
+        Read::Held(data.len())
+    }
+
+    #[cold]
+    fn input_too_large(&mut self, id: ConnId) {
+        log::debug!(
+            "{id}: unconsumed input over {} bytes",
+            self.config.max_input
+        );
+        self.close(id, CloseReason::InputTooLarge, true);
+    }
+
+    /// After `on_data` was offered `data` (fresh bytes at the front of the
+    /// read buffer) and consumed `used` of them: the rest is held back, then
+    /// the reply the zero-copy window recorded is written. True if that
+    /// reply was taken whole (the handler hears `on_drain`, after the input
+    /// is kept, so that a close or detach there keeps it).
+    #[inline(always)]
+    pub(crate) fn after_data(&mut self, id: ConnId, data: &[u8], used: usize) -> bool {
+        let now = self.now;
+        let reply = self.zero_copy.close();
+        let Some(c) = self.slots.conn(id) else {
+            return false; // closed in on_data: a reply was settled with it
+        };
+        if used != 0 {
+            c.touch(now);
+        }
+        if used < data.len() && !c.hold_input(&data[used..], self.config.max_input) {
+            self.input_too_large(id);
+            return false;
+        }
+        let Some((_, reply)) = reply else {
+            return false;
+        };
+        let reply = reply.bytes();
+        match c.stream().send(reply) {
+            Ok(n) if n == reply.len() => {
+                self.stats.bytes_written += n as u64;
+                true
+            }
+            res => {
+                let n = c.after_direct(res, now);
+                self.stats.bytes_written += n as u64;
+                // The rest is queued (an error is met again by the flush).
+                let _ = self.enqueue(id, &reply[n..]);
+                false
+            }
+        }
+    }
+
+    /// Takes a connection's held input to offer it.
+    pub(crate) fn take_input(&mut self, id: ConnId) -> Option<Vec<u8>> {
+        self.slots.conn(id).map(Conn::take_input)
+    }
+
+    /// Gives back what `on_data` left of held input.
+    pub(crate) fn restore_input(&mut self, id: ConnId, input: Vec<u8>, used: usize) {
+        let now = self.now;
+        let max = self.config.max_input;
+        let Some(c) = self.conn(id) else { return };
+        if used > 0 {
+            c.touch(now);
+        }
+        if !c.restore_input(input, used, max) {
+            self.input_too_large(id);
+        }
+    }
+
+    /// The peer's end of file was read: true if the handler is to hear it.
+    pub(crate) fn saw_eof(&mut self, id: ConnId) -> bool {
+        match self.slots.conn(id) {
+            Some(c) => {
+                c.saw_eof();
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ----- Sending -----
+
     /// Queues bytes on a stream, or sends a datagram on a connected socket.
     #[inline(always)]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        if id.as_u64() == self.hot {
-            // The connection being read, sending (part of) what it was
-            // offered: nothing to copy, the loop writes it when `on_data`
-            // returns. Only the first send, and only while nothing else
-            // touched the connection: order is kept.
-            let off = (data.as_ptr() as usize).wrapping_sub(self.rbuf_at);
-            if self.deferred_len == 0
-                && off < self.rbuf_len
-                && data.len().wrapping_sub(1) < self.rbuf_len - off
-            {
-                self.deferred_at = data.as_ptr() as usize;
-                self.deferred_len = data.len();
+        if self.zero_copy.is(id) {
+            if self.zero_copy.record(data) {
                 return Ok(());
             }
             self.settle();
@@ -385,36 +791,39 @@ impl Core {
         self.send_queued(id, data)
     }
 
-    /// `send` by copying into the connection's queue: one slab lookup and a
+    /// Ends the zero-copy window of the running `on_data`: a recorded reply
+    /// is copied into its connection's queue, to go out before the next poll
+    /// like any other.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn settle(&mut self) {
+        let mut zc = std::mem::replace(&mut self.zero_copy, ZeroCopy::new());
+        if let Some((id, reply)) = zc.close() {
+            let _ = self.enqueue(id, reply.bytes());
+        }
+    }
+
+    /// Drops the window without writing (its connection is being closed
+    /// after a panic).
+    pub(crate) fn drop_zero_copy(&mut self) {
+        self.zero_copy = ZeroCopy::new();
+    }
+
+    /// `send` by copying into the connection's queue: one slot lookup and a
     /// copy in the common case (a live, open stream under its high-water
     /// mark).
     #[inline(never)]
     fn send_queued(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        if let Some(Entry {
-            gen,
-            kind: Kind::Conn(c),
-        }) = self.entries.get_mut(id.key as usize)
-        {
-            if *gen == id.gen && c.flags & (CLOSING | SHUTDOWN | WRITE_SHUT) == 0 {
-                let len = c.output.len();
-                if data.len() > c.output.capacity() - len || data.len() >= DIRECT_SEND {
+        let high = self.config.high_water;
+        if let Some(c) = self.slots.conn(id) {
+            if c.can_send() {
+                if data.len() >= DIRECT_SEND || !c.push_in_place(data) {
                     return self.send_grow(id, data);
                 }
-                // SAFETY: the spare capacity holds `data.len()` bytes (checked
-                // above); `data` cannot overlap the queue, borrowed mutably here.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data.as_ptr(),
-                        c.output.as_mut_ptr().add(len),
-                        data.len(),
-                    );
-                    c.output.set_len(len + data.len());
-                }
-                if c.flags & PENDING == 0 {
-                    c.flags |= PENDING;
+                if c.mark_pending() {
                     self.pending.push(id);
                 }
-                if len + data.len() - c.written > self.config.high_water {
+                if c.queued() > high {
                     return self.over_high_water(id);
                 }
                 return Ok(());
@@ -423,76 +832,37 @@ impl Core {
         self.send_slow(id, data)
     }
 
-    /// `send` when the queue must grow, or for a large send.
+    /// `send` when the queue must grow, or for a large send: straight to
+    /// the socket when nothing is queued (copying it into the queue first
+    /// would cost a copy, and past the kept buffer an allocation, per
+    /// message, and combining gains nothing at this size); what the kernel
+    /// does not take is queued.
     #[cold]
     #[inline(never)]
     fn send_grow(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let Some(c) = conn_in(&mut self.entries, id) else {
-            return Err(Error::Stale);
-        };
-        if data.len() >= DIRECT_SEND
-            && c.written == c.output.len()
-            && c.flags & (BLOCKED | CONNECTING) == 0
-        {
-            return self.send_direct(id, data);
-        }
-        self.enqueue(id, data)
-    }
-
-    /// A large send to an empty queue goes straight to the socket: copying
-    /// it into the queue first would cost a copy (and, past [`KEEP_BUF`], an
-    /// allocation) per message, and combining gains nothing at this size.
-    /// Whatever the kernel does not take is queued as usual.
-    #[inline(never)]
-    fn send_direct(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let Some(c) = conn_in(&mut self.entries, id) else {
-            return Err(Error::Stale);
-        };
-        let res = c.stream.send(data);
-        self.after_direct(id, data, res)
-    }
-
-    /// What follows a write of `data` straight to the socket (a large send,
-    /// or a zero-copy reply) that returned `res`: the bytes are counted, and
-    /// what the kernel did not take is queued. An error is queued too: the
-    /// flush meets it again and closes with its reason.
-    pub(crate) fn after_direct(
-        &mut self,
-        id: ConnId,
-        data: &[u8],
-        res: io::Result<usize>,
-    ) -> Result<(), Error> {
         let now = self.now;
-        let Some(c) = conn_in(&mut self.entries, id) else {
+        let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
-        let n = match res {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.flags |= BLOCKED;
-                0
+        let mut n = 0;
+        if data.len() >= DIRECT_SEND && c.can_write_now() {
+            n = c.write_direct(data, now);
+            self.stats.bytes_written += n as u64;
+            if n == data.len() {
+                return Ok(());
             }
-            Err(_) => 0,
-        };
-        self.stats.bytes_written += n as u64;
-        if n > 0 {
-            c.last_active = now;
-        }
-        if n == data.len() {
-            return Ok(());
         }
         self.enqueue(id, &data[n..])
     }
 
     /// Appends to a live connection's queue (growing it), marks it pending
-    /// and applies the high-water mark: the out-of-line twin of `send`'s
-    /// fast path.
+    /// and applies the high-water mark.
     fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let high = self.config.high_water;
-        let Some(c) = conn_in(&mut self.entries, id) else {
+        let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
-        c.output.extend_from_slice(data);
+        c.push(data);
         let over = c.queued() > high;
         self.mark_pending(id);
         if over {
@@ -503,7 +873,7 @@ impl Core {
 
     #[cold]
     fn send_slow(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        match &self.entry(id)?.kind {
+        match self.entry(id)? {
             Kind::Conn(_) => Err(Error::Closing),
             Kind::Dgram(_) => self.send_dgram(id, data, None),
             _ => Err(Error::WrongKind),
@@ -515,15 +885,14 @@ impl Core {
     #[cold]
     fn over_high_water(&mut self, id: ConnId) -> Result<(), Error> {
         let max = self.config.max_write_queue;
-        let Some(c) = self.conn(id) else {
+        let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
         if c.queued() > max {
             self.close(id, CloseReason::WriteQueueFull, true);
             return Err(Error::QueueFull);
         }
-        if c.flags & PAUSED == 0 {
-            c.flags |= PAUSED;
+        if c.pause() {
             self.notices.push_back(Notice::Backpressure(id, true));
         }
         Ok(())
@@ -537,8 +906,8 @@ impl Core {
         to: Option<socket2::SockAddr>,
     ) -> Result<(), Error> {
         let limit = self.config.datagram_queue;
-        let Kind::Dgram(d) = &mut live(&mut self.entries, id)?.kind else {
-            return Err(Error::WrongKind);
+        let Some(Kind::Dgram(d)) = self.slots.live(id) else {
+            return Err(self.why_not(id));
         };
         if d.queue.is_empty() && !d.blocked {
             match d.sock.send_to(data, to.as_ref()) {
@@ -558,15 +927,15 @@ impl Core {
         Ok(())
     }
 
-    /// Sends queued datagrams until the kernel refuses.
+    /// WRITABLE on a datagram socket: sends queued datagrams until the
+    /// kernel refuses.
     pub(crate) fn flush_dgram(&mut self, id: ConnId) {
-        let Ok(Entry {
-            kind: Kind::Dgram(d),
-            ..
-        }) = live(&mut self.entries, id)
-        else {
+        let Some(Kind::Dgram(d)) = self.slots.live(id) else {
             return;
         };
+        if !d.blocked {
+            return;
+        }
         d.blocked = false;
         while let Some((data, to)) = d.queue.front() {
             match d.sock.send_to(data, to.as_ref()) {
@@ -584,166 +953,268 @@ impl Core {
         }
     }
 
+    /// Receives one datagram into `buf`: its length and source, `None` when
+    /// there is none (or the socket is gone), an error to report otherwise.
+    /// A datagram larger than `buf` is dropped, counted, and reported as
+    /// `InvalidData`, never delivered cut short.
+    pub(crate) fn recv_dgram(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8],
+    ) -> Option<io::Result<(usize, crate::Addr)>> {
+        let Some(Kind::Dgram(d)) = self.slots.live(id) else {
+            return None;
+        };
+        match d.sock.recv_from(buf) {
+            Ok((n, from, false)) => {
+                self.stats.datagrams_received += 1;
+                Some(Ok((n, from)))
+            }
+            Ok((_, from, true)) => {
+                self.stats.datagrams_received += 1;
+                self.stats.datagrams_dropped += 1;
+                Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a datagram from {from} larger than the {}-byte read buffer was truncated and dropped",
+                        buf.len()
+                    ),
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(Err(e)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    // ----- Flushing -----
+
     /// Writes a pending connection's queue until it empties, the kernel
-    /// refuses, or the write budget is spent (one `send` in the common case).
-    /// Returns true if the queue emptied and the connection is still open.
+    /// refuses, or the write budget is spent (one `send` in the common
+    /// case). True if the queue emptied and the connection is still open:
+    /// the handler hears `on_drain`.
     #[inline(always)]
     pub(crate) fn write_conn(&mut self, id: ConnId) -> bool {
         let now = self.now;
         let budget = self.config.write_budget;
-        let Some(c) = conn_in(&mut self.entries, id) else {
+        let low = self.config.low_water;
+        let Some(c) = self.slots.conn(id) else {
             return false;
         };
-        c.flags &= !PENDING;
-        if c.flags & (BLOCKED | CONNECTING | PAUSED | CLOSING | SHUTDOWN) != 0
-            || c.written != 0
-            || c.output.is_empty()
-            || c.output.len() > budget
-            || c.output.capacity() > KEEP_BUF
-        {
-            return self.write_conn_slow(id, Ok(0));
+        let (sent, outcome, resumed) = c.flush(budget, low, now);
+        self.stats.bytes_written += sent as u64;
+        if outcome == Flush::Drained && !resumed {
+            return true;
         }
-        // The common case: a small queue, sent whole by one `send`; the
-        // buffer stays for the next message.
-        let res = c.stream.send(&c.output);
-        match res {
-            Ok(n) if n == c.output.len() => {
-                self.stats.bytes_written += n as u64;
-                if n > 0 {
-                    c.last_active = now;
-                }
-                c.output.clear();
-                true
-            }
-            _ => self.write_conn_slow(id, res),
-        }
+        self.after_flush(id, outcome, resumed)
     }
 
-    /// `write_conn` beyond its common case; `first` is the result of a
-    /// `send` of the whole queue already made (`Ok(0)`: none made).
+    /// What follows a flush beyond "drained".
     #[cold]
     #[inline(never)]
-    fn write_conn_slow(&mut self, id: ConnId, first: io::Result<usize>) -> bool {
-        let budget = self.config.write_budget;
-        let now = self.now;
-        let Some(c) = conn_in(&mut self.entries, id) else {
-            return false;
-        };
-        if c.flags & (BLOCKED | CONNECTING) != 0 {
-            return false; // WRITABLE (or the connect finishing) brings it back
-        }
-        let mut sent = 0;
-        let mut more = false;
-        let mut res = Some(first);
-        while c.written < c.output.len() {
-            let end = c.output.len().min(c.written + (budget - sent));
-            let r = match res.take() {
-                Some(r) => r,
-                None => c.stream.send(&c.output[c.written..end]),
-            };
-            match r {
-                Ok(n) => {
-                    c.written += n;
-                    sent += n;
-                    if sent >= budget {
-                        more = c.written < c.output.len();
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.flags |= BLOCKED;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.stats.bytes_written += sent as u64;
-                    self.close(id, CloseReason::from_io(&e), true);
-                    return false;
-                }
-            }
-        }
-        self.stats.bytes_written += sent as u64;
-        if sent > 0 {
-            c.last_active = now;
-        }
-        self.after_write(id, more)
-    }
-
-    /// What follows a write beyond the fast path: reading resumed below low
-    /// water, the buffer freed or compacted, a shutdown or close finished.
-    #[cold]
-    fn after_write(&mut self, id: ConnId, more: bool) -> bool {
-        let low = self.config.low_water;
-        let Some(c) = self.conn(id) else { return false };
-        let mut resumed = false;
-        if c.flags & PAUSED != 0 && c.queued() <= low {
-            c.flags &= !PAUSED;
-            resumed = true;
-        }
-        let empty = c.written == c.output.len();
-        if empty {
-            if c.output.capacity() > KEEP_BUF {
-                c.output = Vec::new(); // a burst's memory goes back at once
-            } else {
-                c.output.clear();
-            }
-            c.written = 0;
-            let flags = c.flags;
-            let reason = c.close_reason;
-            if flags & SHUTDOWN != 0 && flags & WRITE_SHUT == 0 {
-                c.flags |= WRITE_SHUT;
-                if let Err(e) = shutdown_write(&c.stream) {
-                    log::debug!("shutdown {id}: {e}");
-                }
-            }
-            if flags & CLOSING != 0 {
-                self.close(id, reason, false);
-                return false;
-            }
-        } else if c.written > c.output.len() / 2 {
-            // Most of the buffer is sent: move the rest to the front, so the
-            // buffer does not grow without bound under a steady trickle.
-            let w = c.written;
-            c.output.drain(..w);
-            c.written = 0;
-        }
+    fn after_flush(&mut self, id: ConnId, outcome: Flush, resumed: bool) -> bool {
         if resumed {
             self.notices.push_back(Notice::Backpressure(id, false));
             self.mark_ready(id);
         }
-        if more {
-            self.mark_pending(id);
+        match outcome {
+            Flush::Drained => true,
+            Flush::Waiting => false,
+            Flush::More => {
+                self.mark_pending(id);
+                false
+            }
+            Flush::Close(reason) => {
+                self.close(id, reason, false);
+                false
+            }
+            Flush::Failed(reason) => {
+                self.close(id, reason, true);
+                false
+            }
         }
-        empty
     }
 
-    /// Closes a socket now: deregistered, the fd closed (with RST when
-    /// `abort`), the slot left as a tombstone until the handler is told.
+    /// WRITABLE for a connection waiting for it: flush again.
+    pub(crate) fn writable(&mut self, id: ConnId) {
+        if let Some(c) = self.slots.conn(id) {
+            c.unblock();
+            self.mark_pending(id);
+        }
+    }
+
+    // ----- Accepting and connecting -----
+
+    /// Accepts one connection on a listener.
+    pub(crate) fn accept(&mut self, id: ConnId) -> Accept {
+        let Some(Kind::Listener { l, paused }) = self.slots.live(id) else {
+            return Accept::Done;
+        };
+        if *paused {
+            return Accept::Done;
+        }
+        let stream = match l.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accept::Done,
+            Err(e) if is_fd_exhaustion(&e) => {
+                *paused = true;
+                self.fd_exhausted(id, e);
+                return Accept::Exhausted;
+            }
+            Err(e) => {
+                log::debug!("accept on {id}: {e}");
+                return Accept::Skip;
+            }
+        };
+        crate::sock::after_accept(&stream, self.config.nodelay);
+        let conn = Conn::new(stream, false, self.now, self.idle_ns());
+        let cid = match self.insert(Kind::Conn(conn)) {
+            Ok(cid) => cid,
+            Err(e) => {
+                log::warn!("registering an accepted connection: {e}");
+                return Accept::Skip;
+            }
+        };
+        self.stats.accepted += 1;
+        if self.stats.connections >= self.config.max_connections {
+            self.stats.refused += 1;
+            return Accept::Conn(cid, true);
+        }
+        self.count(cid);
+        Accept::Conn(cid, false)
+    }
+
+    /// Accepting paused on `id` after EMFILE: a retry timer, a warning at
+    /// most once a second.
+    #[cold]
+    fn fd_exhausted(&mut self, id: ConnId, e: io::Error) {
+        self.accept_paused.push(id);
+        self.stats.accept_errors += 1;
+        let backoff = self.config.accept_backoff;
+        let now = self.tick();
+        if self
+            .emfile_logged
+            .is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000)
+        {
+            self.emfile_logged = Some(now);
+            log::warn!("accept on {id}: {e}; pausing accepts for {backoff:?}");
+        }
+        self.timers.insert(
+            now + clock::nanos(backoff),
+            None,
+            TimerKind::AcceptRetry(id),
+        );
+    }
+
+    /// A listener comes back from its backoff (or is served again).
+    pub(crate) fn unpause_listener(&mut self, id: ConnId) -> bool {
+        match self.slots.live(id) {
+            Some(Kind::Listener { paused, .. }) => {
+                *paused = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts an open connection in `Stats::connections`.
+    pub(crate) fn count(&mut self, id: ConnId) {
+        if let Some(c) = self.slots.conn(id) {
+            if !c.is_counted() {
+                c.mark_counted();
+                self.stats.connections += 1;
+            }
+        }
+    }
+
+    /// The idle timeout of a new connection, in ns (0: none).
+    pub(crate) fn idle_ns(&self) -> u64 {
+        self.config
+            .idle_timeout
+            .map_or(0, |d| clock::nanos(d).max(1))
+    }
+
+    /// WRITABLE (or an error) for a connection whose connect is in progress:
+    /// open, failed, or not yet.
+    pub(crate) fn finish_connect(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(c) = self.slots.conn(id) else { return };
+        let res = match c.stream().take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match crate::sock::addr_of(c.stream().as_fd(), true) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => Err(e),
+            },
+        };
+        match res {
+            Err(e) => self.fail_connect(id, e),
+            Ok(()) => {
+                if c.connected(now) {
+                    self.mark_pending(id);
+                }
+                self.count(id);
+                self.stats.connected += 1;
+                self.notices.push_back(Notice::Open(id));
+                self.mark_ready(id);
+            }
+        }
+    }
+
+    /// A connection opened outside the accept path (adopted, a connected
+    /// datagram socket): the handler hears `on_open`.
+    pub(crate) fn opened(&mut self, id: ConnId) {
+        self.count(id);
+        self.notices.push_back(Notice::Open(id));
+    }
+
+    // ----- Closing -----
+
+    /// Takes a socket out of its slot (left as a tombstone until the handler
+    /// is told) and deregisters it: the one way out of the loop, for close,
+    /// abort, detach and a failed connect.
+    fn take(&mut self, id: ConnId) -> Result<Kind, Error> {
+        let mut kind = std::mem::replace(self.entry(id)?, Kind::Closed);
+        let registry = self.poller.registry();
+        let _ = match &mut kind {
+            Kind::Listener { l, .. } => registry.deregister(l.source()),
+            Kind::Conn(c) => registry.deregister(c.stream_mut().source()),
+            Kind::Dgram(d) => registry.deregister(d.sock.source()),
+            Kind::Fd(fd) => registry.deregister(&mut mio::unix::SourceFd(&fd.as_raw_fd())),
+            Kind::Closed | Kind::Vacant => Ok(()),
+        };
+        if let Kind::Conn(c) = &kind {
+            if c.is_counted() {
+                self.stats.connections -= 1;
+            }
+        }
+        // A descriptor is about to come free: listeners that ran out retry
+        // now rather than when their backoff ends.
+        for l in self.accept_paused.drain(..) {
+            self.ready.push(l);
+        }
+        Ok(kind)
+    }
+
+    /// Closes a socket now (with RST when `abort`); the handler hears
+    /// `on_close` (or `on_connect_failed` for a connect in progress). False
+    /// for a stale id.
     pub(crate) fn close(&mut self, id: ConnId, reason: CloseReason, abort: bool) -> bool {
-        let Ok(entry) = self.entry(id) else {
+        let Ok(kind) = self.take(id) else {
             return false;
         };
-        let kind = std::mem::replace(&mut entry.kind, Kind::Closed);
-        let registry = self.poll.registry();
         let notify = match kind {
-            Kind::Conn(mut c) => {
-                let _ = registry.deregister(c.stream.source());
-                if abort {
-                    crate::sock::set_abortive(c.stream.as_fd());
-                } else {
-                    linger_close(&mut c.stream);
-                }
-                if c.flags & COUNTED != 0 {
-                    self.stats.connections -= 1;
-                }
+            Kind::Conn(c) => {
                 self.stats.closed += 1;
-                // A descriptor just came free: listeners that ran out retry now
-                // rather than when their backoff ends.
-                for l in self.accept_paused.drain(..) {
-                    self.ready.push(l);
+                let connecting = c.is_connecting();
+                let (mut stream, ..) = c.into_parts();
+                if abort {
+                    crate::sock::set_abortive(stream.as_fd());
+                } else {
+                    stream.linger_close();
                 }
-                if c.flags & CONNECTING != 0 {
-                    // Never opened: the handler hears of it as a failed connect.
+                if connecting {
+                    // Never opened: the handler hears of a failed connect.
                     let err = io::Error::new(
                         io::ErrorKind::Interrupted,
                         format!("connect abandoned: {reason:?}"),
@@ -754,20 +1225,14 @@ impl Core {
                 true
             }
             Kind::Listener { mut l, .. } => {
-                let _ = registry.deregister(l.source());
                 l.unlink();
                 false
             }
             Kind::Dgram(mut d) => {
-                let _ = registry.deregister(d.sock.source());
                 d.sock.unlink();
                 true
             }
-            Kind::Fd(fd) => {
-                let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
-                false
-            }
-            Kind::Closed => false,
+            Kind::Fd(_) | Kind::Closed | Kind::Vacant => false,
         };
         self.notices.push_back(Notice::Closed(id, reason, notify));
         true
@@ -775,32 +1240,47 @@ impl Core {
 
     /// Closes once the write queue is flushed.
     pub(crate) fn close_graceful(&mut self, id: ConnId, reason: CloseReason) -> Result<(), Error> {
-        let entry = self.entry(id)?;
-        let Kind::Conn(c) = &mut entry.kind else {
-            self.close(id, reason, false);
-            return Ok(());
+        let now = match self.entry(id)? {
+            Kind::Conn(c) => c.ask_close(reason),
+            _ => true,
         };
-        if c.flags & CLOSING != 0 {
-            return Ok(());
-        }
-        if c.flags & CONNECTING != 0 || c.queued() == 0 {
+        if now {
             self.close(id, reason, false);
-            return Ok(());
+        } else {
+            self.mark_pending(id);
         }
-        c.flags |= CLOSING;
-        c.close_reason = reason;
-        self.mark_pending(id);
         Ok(())
     }
 
     /// An outbound connect failed: the handler hears of it, not of a close.
     pub(crate) fn fail_connect(&mut self, id: ConnId, err: io::Error) {
-        let Ok(entry) = self.entry(id) else { return };
-        if let Kind::Conn(mut c) = std::mem::replace(&mut entry.kind, Kind::Closed) {
-            let _ = self.poll.registry().deregister(c.stream.source());
+        if self.take(id).is_ok() {
+            self.notices.push_back(Notice::ConnectFailed(id, err));
+        }
+    }
+
+    /// A datagram socket made by `connect` whose connect failed at once.
+    pub(crate) fn fail_dgram_connect(&mut self, id: ConnId, err: io::Error) {
+        if let Ok(Kind::Dgram(mut d)) = self.take(id) {
+            d.sock.unlink();
         }
         self.notices.push_back(Notice::ConnectFailed(id, err));
     }
+
+    /// Takes a socket out for `detach`: the handler hears
+    /// [`CloseReason::Detached`].
+    pub(crate) fn detach(&mut self, id: ConnId) -> Result<Kind, Error> {
+        if matches!(self.entry(id)?, Kind::Fd(_)) {
+            return Err(Error::WrongKind);
+        }
+        let kind = self.take(id)?;
+        let notify = !matches!(kind, Kind::Listener { .. });
+        self.notices
+            .push_back(Notice::Closed(id, CloseReason::Detached, notify));
+        Ok(kind)
+    }
+
+    // ----- Idle time -----
 
     /// Makes sure the idle sweep runs often enough for `timeout`.
     pub(crate) fn ensure_sweep(&mut self, timeout: Duration) {
@@ -813,15 +1293,13 @@ impl Core {
         if let Some((old, _)) = self.sweep.take() {
             self.timers.cancel(old);
         }
-        self.now = crate::clock::now();
-        let at = self.now + crate::clock::nanos(tick);
+        let at = self.tick() + clock::nanos(tick);
         let id = self.timers.insert(at, Some(tick), TimerKind::IdleSweep);
         self.sweep = Some((id, tick));
     }
 
     /// Closes every connection that made no progress for its idle timeout,
-    /// and frees the kept output buffers of connections quiet for a tick (two
-    /// on the coarse clock, whose stamps lag by up to one).
+    /// and frees the kept output buffers of connections quiet for two ticks.
     ///
     /// Activity is stamped with the coarse loop clock, which may lag by up
     /// to a tick (an eighth of the timeout), so a connection counts as idle
@@ -829,24 +1307,22 @@ impl Core {
     /// late.
     pub(crate) fn sweep_idle(&mut self, scratch: &mut Vec<ConnId>) {
         let now = self.now;
-        let tick = self.sweep.map_or(0, |(_, t)| crate::clock::nanos(t));
+        let tick = self.sweep.map_or(0, |(_, t)| clock::nanos(t));
         scratch.clear();
-        for (key, e) in self.entries.iter_mut() {
-            if let Kind::Conn(c) = &mut e.kind {
-                let quiet = now.saturating_sub(c.last_active);
-                if c.idle_ns != 0 && quiet >= c.idle_ns.saturating_add(tick) {
-                    scratch.push(ConnId::new(key as u32, e.gen));
-                } else if quiet >= 2 * tick && c.queued() == 0 && c.output.capacity() != 0 {
-                    c.output = Vec::new();
-                    c.written = 0;
+        for (id, kind) in self.slots.iter_mut() {
+            if let Kind::Conn(c) = kind {
+                if c.sweep(now, tick) {
+                    scratch.push(id);
                 }
             }
         }
         for &id in scratch.iter() {
-            let flags = self.conn(id).map_or(0, |c| c.flags);
-            if flags & CONNECTING != 0 {
+            let Some(c) = self.slots.conn(id) else {
+                continue;
+            };
+            if c.is_connecting() {
                 self.fail_connect(id, io::ErrorKind::TimedOut.into());
-            } else if flags & CLOSING != 0 {
+            } else if c.is_closing() {
                 // Already closing and still no progress: the peer does not read.
                 self.close(id, CloseReason::IdleTimeout, true);
             } else {
@@ -855,75 +1331,78 @@ impl Core {
             }
         }
     }
+}
 
-    /// True while any stream connection is open.
-    pub(crate) fn has_streams(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|(_, e)| matches!(e.kind, Kind::Conn(_)))
-    }
-
-    /// Every live id, for stop.
-    pub(crate) fn ids(&self, out: &mut Vec<ConnId>) {
-        out.clear();
-        out.extend(
-            self.entries
-                .iter()
-                .filter(|(_, e)| !matches!(e.kind, Kind::Closed))
-                .map(|(k, e)| ConnId::new(k as u32, e.gen)),
-        );
+/// An event reported the peer's end of file for a connection not being
+/// read: remembered, so the read that resumes it goes on to meet it.
+#[cold]
+#[inline(never)]
+fn note_read_closed(c: &mut Conn, ready: Readiness) {
+    if ready.read_closed() {
+        c.note_read_closed();
     }
 }
 
-/// The stream connection an id names, borrowing only the slab.
-#[inline]
-pub(crate) fn conn_in(entries: &mut Entries, id: ConnId) -> Option<&mut Conn> {
-    match entries.get_mut(id.key as usize) {
-        Some(Entry {
-            gen,
-            kind: Kind::Conn(c),
-        }) if *gen == id.gen => Some(c),
-        _ => None,
-    }
-}
-
-/// The live entry an id names, borrowing only the slab.
-#[inline]
-pub(crate) fn live(entries: &mut Entries, id: ConnId) -> Result<&mut Entry, Error> {
-    match entries.get_mut(id.key as usize) {
-        Some(e) if e.gen == id.gen && !matches!(e.kind, Kind::Closed) => Ok(e),
-        _ => Err(Error::Stale),
-    }
-}
-
-/// Before a graceful close: send FIN, then discard what the peer already
-/// sent. Closing a socket with unread input makes the kernel send RST, which
-/// can destroy replies still in flight to the peer (the reason for nginx's
-/// lingering close); this bounded drain removes the common case.
-fn linger_close(s: &mut Stream) {
-    let _ = shutdown_write(s);
-    let mut sink = [0u8; 4096];
-    for _ in 0..16 {
-        match s.read(&mut sink) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
-}
-
-pub(crate) fn shutdown_write(s: &Stream) -> io::Result<()> {
-    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 impl Drop for Core {
     fn drop(&mut self) {
         // Socket files this loop created go with it, even without a graceful stop.
-        for (_, e) in self.entries.iter_mut() {
-            match &mut e.kind {
+        for (_, kind) in self.slots.iter_mut() {
+            match kind {
                 Kind::Listener { l, .. } => l.unlink(),
                 Kind::Dgram(d) => d.sock.unlink(),
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_counts_its_own_generations() {
+        let mut s = Slots::new();
+        let a = s.next_id().unwrap();
+        s.insert(a, Kind::Closed);
+        let b = s.next_id().unwrap();
+        s.insert(b, Kind::Closed);
+        assert_eq!((a.key, a.gen, b.key, b.gen), (0, 1, 1, 1));
+        s.remove(a);
+        let c = s.next_id().unwrap();
+        assert_eq!(
+            (c.key, c.gen),
+            (0, 2),
+            "slot 0 reused with its next generation"
+        );
+        s.insert(c, Kind::Closed);
+        assert!(s.named(a).is_none(), "the old id names nothing");
+        assert!(s.named(c).is_some());
+        s.remove(a); // stale: no effect
+        assert!(s.named(c).is_some());
+    }
+
+    #[test]
+    fn a_slot_is_retired_before_its_generation_wraps() {
+        let mut s = Slots::new();
+        let a = s.next_id().unwrap();
+        s.insert(a, Kind::Closed);
+        s.slots[0].gen = GEN_LIMIT - 1;
+        s.remove(ConnId::new(0, GEN_LIMIT - 1));
+        let b = s.next_id().unwrap();
+        assert_eq!((b.key, b.gen), (0, GEN_LIMIT));
+        s.insert(b, Kind::Closed);
+        s.remove(b);
+        let c = s.next_id().unwrap();
+        assert_eq!(c.key, 1, "slot 0 is retired, never reused");
+        assert_eq!(c.gen, 1);
+        assert!(ConnId::new(u32::MAX - 1, GEN_LIMIT).token().0 < crate::poller::RESERVED);
     }
 }

@@ -1,11 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![doc(test(attr(deny(warnings))))]
-#![cfg(unix)]
+
+#[cfg(not(unix))]
+compile_error!("netloop runs on Unix systems (Linux, the BSDs, macOS) only: it is built on readiness polling of Unix file descriptors");
+
+// Ids travel in the 64-bit token of the poll (slot and generation); a
+// narrower token would cut the generation off and drop every event.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("netloop needs a 64-bit target: a connection id (slot and generation) travels in the poll's pointer-sized token");
 
 mod addr;
 mod clock;
 mod config;
+mod conn;
 mod context;
 mod core;
 mod error;
@@ -13,6 +21,7 @@ mod event_loop;
 mod framing;
 mod handler;
 mod id;
+mod poller;
 mod remote;
 mod sock;
 mod timer;
@@ -23,13 +32,11 @@ pub use context::{Context, Detached};
 pub use error::Error;
 pub use event_loop::EventLoop;
 pub use framing::{encode_frame, FrameCodec, FrameError, Frames, LineBuffer, LineCodec, Lines};
-pub use handler::{CloseReason, Handler, Ready};
+pub use handler::{CloseReason, Handler, Interest, Ready};
 pub use id::{ConnId, TimerId};
-pub use remote::Handle;
+pub use remote::{Handle, SendError};
 pub use sock::{listen_fds, ListenOptions, PeerCred, StdSocket};
 
-/// Readiness interests, for [`Context::register_fd`].
-pub use mio::Interest;
 /// socket2, whose [`SockRef`](socket2::SockRef) [`Context::socket`] returns
 /// for typed socket options.
 pub use socket2;

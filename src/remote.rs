@@ -1,4 +1,5 @@
-//! The handle other threads use to reach a loop.
+//! The handle other threads use to reach a loop: messages, stop, and the
+//! wake-up that tells the loop to look.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(waker: mio::Waker) -> Shared {
+        Shared {
+            waker,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        }
+    }
+
     /// Wakes the loop unless a wake is already pending. The loop clears
     /// `notified` before it drains the channel, so a message sent after the
     /// drain sees `false` and wakes it again: wakes coalesce, none is lost.
@@ -24,12 +33,96 @@ impl Shared {
     }
 }
 
+/// The sending side of the loop's channel: unbounded, or bounded by
+/// [`Config::message_queue`](crate::Config::message_queue).
+enum Tx<M> {
+    Unbounded(mpsc::Sender<M>),
+    Bounded(mpsc::SyncSender<M>, usize),
+}
+
+impl<M> Clone for Tx<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Tx::Unbounded(tx) => Tx::Unbounded(tx.clone()),
+            Tx::Bounded(tx, n) => Tx::Bounded(tx.clone(), *n),
+        }
+    }
+}
+
+/// The loop's side of the channel.
+pub(crate) struct Rx<M>(mpsc::Receiver<M>);
+
+impl<M> Rx<M> {
+    /// The next message, if one is waiting.
+    pub(crate) fn try_recv(&self) -> Option<M> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// A handle and the loop's receiver, with at most `bound` messages waiting
+/// (`None`: unbounded).
+pub(crate) fn channel<M>(shared: Arc<Shared>, bound: Option<usize>) -> (Handle<M>, Rx<M>) {
+    let (tx, rx) = match bound {
+        None => {
+            let (tx, rx) = mpsc::channel();
+            (Tx::Unbounded(tx), rx)
+        }
+        Some(n) => {
+            let (tx, rx) = mpsc::sync_channel(n);
+            (Tx::Bounded(tx, n), rx)
+        }
+    };
+    (Handle { tx, shared }, Rx(rx))
+}
+
+/// Why [`Handle::send`] gave a message back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SendError<M> {
+    /// The loop's message queue holds
+    /// [`Config::message_queue`](crate::Config::message_queue) messages
+    /// already: try again later, or drop the message.
+    Full(M),
+    /// The loop is gone.
+    Closed(M),
+}
+
+impl<M> SendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::Full(m) | SendError::Closed(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Full(_) => f.write_str("Full(..)"),
+            SendError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<M> fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Full(_) => f.write_str("the loop's message queue is full"),
+            SendError::Closed(_) => f.write_str("the loop is gone"),
+        }
+    }
+}
+
+impl<M> std::error::Error for SendError<M> {}
+
 /// A cloneable, `Send` handle to an [`EventLoop`](crate::EventLoop): other
 /// threads send it messages and ask it to stop.
 ///
 /// Messages from one handle arrive in the order sent; wakes coalesce, so a
 /// burst of messages costs the loop one wake-up; no message is lost while the
-/// loop lives.
+/// loop lives. With [`Config::message_queue`](crate::Config::message_queue)
+/// set, at most that many messages wait; a send past it gives the message
+/// back ([`SendError::Full`]) instead of blocking or growing without bound.
 ///
 /// # Examples
 /// ```
@@ -53,8 +146,8 @@ impl Shared {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Handle<M> {
-    pub(crate) tx: mpsc::Sender<M>,
-    pub(crate) shared: Arc<Shared>,
+    tx: Tx<M>,           // the loop's channel
+    shared: Arc<Shared>, // its waker and flags
 }
 
 impl<M> Clone for Handle<M> {
@@ -73,12 +166,20 @@ impl<M> fmt::Debug for Handle<M> {
 }
 
 impl<M: Send> Handle<M> {
-    /// Sends a message to the loop's [`Handler::on_message`](crate::Handler::on_message).
+    /// Sends a message to the loop's
+    /// [`Handler::on_message`](crate::Handler::on_message). Never blocks.
     ///
     /// # Errors
-    /// Gives the message back if the loop was dropped.
-    pub fn send(&self, msg: M) -> Result<(), M> {
-        self.tx.send(msg).map_err(|e| e.0)?;
+    /// Gives the message back: [`SendError::Full`] when a bounded queue is
+    /// full, [`SendError::Closed`] when the loop was dropped.
+    pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
+        match &self.tx {
+            Tx::Unbounded(tx) => tx.send(msg).map_err(|e| SendError::Closed(e.0))?,
+            Tx::Bounded(tx, _) => tx.try_send(msg).map_err(|e| match e {
+                mpsc::TrySendError::Full(m) => SendError::Full(m),
+                mpsc::TrySendError::Disconnected(m) => SendError::Closed(m),
+            })?,
+        }
         self.shared.wake();
         Ok(())
     }

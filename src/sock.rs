@@ -1,5 +1,8 @@
-//! The sockets a loop owns, their creation through socket2, and their std
-//! twins for adopt and detach.
+//! Every OS call on sockets other than readiness: the sockets a loop owns,
+//! their creation and options through socket2, `send`/`recv` without
+//! SIGPIPE, peer credentials, Unix paths and abstract names, and the std
+//! twins of the sockets for adopt and detach. What differs between Unix
+//! systems is chosen here by `cfg`, so the rest of the crate is OS-blind.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -17,14 +20,22 @@ pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
 }
 
-/// `send` on a stream socket's fd with MSG_NOSIGNAL: a peer that is gone
-/// gives EPIPE, never a SIGPIPE, whatever the process's signal disposition.
-/// Called straight through libc, like [`Stream::read`].
+/// Flags for every `send`: a peer that is gone gives EPIPE, never a
+/// SIGPIPE, whatever the process's signal disposition. Apple systems have
+/// no MSG_NOSIGNAL; their sockets get SO_NOSIGPIPE instead (socket2 sets it
+/// on the sockets it makes, [`after_accept`] on accepted ones).
+#[cfg(not(target_vendor = "apple"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// `send` on a stream socket's fd without SIGPIPE ([`SEND_FLAGS`]). Called
+/// straight through libc, like [`Stream::read`].
 #[inline(always)]
 pub(crate) fn send_on(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the kernel
     // checks `fd`.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -56,10 +67,30 @@ impl Stream {
         }
     }
 
-    /// `send` with MSG_NOSIGNAL (see [`send_on`]).
+    /// `send` without SIGPIPE (see [`send_on`]).
     #[inline]
     pub(crate) fn send(&self, buf: &[u8]) -> io::Result<usize> {
         send_on(self.fd(), buf)
+    }
+
+    /// Shuts the write side (the peer reads end of file).
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        SockRef::from(self).shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Before a graceful close: send FIN, then discard what the peer already
+    /// sent. Closing a socket with unread input makes the kernel send RST,
+    /// which can destroy replies still in flight to the peer (the reason for
+    /// nginx's lingering close); this bounded drain removes the common case.
+    pub(crate) fn linger_close(&mut self) {
+        let _ = self.shutdown_write();
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match self.read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
@@ -167,18 +198,28 @@ pub(crate) enum Dgram {
 }
 
 impl Dgram {
-    pub(crate) fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Addr)> {
-        match self {
-            Dgram::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Addr::Inet(a))),
-            Dgram::Unix(s, _) => s.recv_from(buf).map(|(n, a)| (n, Addr::from_std_unix(&a))),
-        }
+    /// Receives one datagram: its length, its source, and whether it was
+    /// larger than `buf` (then cut short by the kernel: MSG_TRUNC).
+    pub(crate) fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Addr, bool)> {
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and
+        // recvmsg only writes initialised bytes into it.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let mut bufs = [socket2::MaybeUninitSlice::new(uninit)];
+        let (n, flags, from) = SockRef::from(self).recv_from_vectored(&mut bufs)?;
+        let from = match addr_from(&from) {
+            Ok(a) => a,
+            // An unnamed Unix peer has an empty address.
+            Err(_) if matches!(self, Dgram::Unix(..)) => Addr::Unix(UnixAddr::Unnamed),
+            Err(e) => return Err(e),
+        };
+        Ok((n, from, flags.is_truncated()))
     }
 
     pub(crate) fn send_to(&self, buf: &[u8], to: Option<&SockAddr>) -> io::Result<usize> {
         let s = SockRef::from(self);
         match to {
-            Some(a) => s.send_to_with_flags(buf, a, libc::MSG_NOSIGNAL),
-            None => s.send_with_flags(buf, libc::MSG_NOSIGNAL),
+            Some(a) => s.send_to_with_flags(buf, a, SEND_FLAGS),
+            None => s.send_with_flags(buf, SEND_FLAGS),
         }
     }
 
@@ -304,7 +345,11 @@ std_from!(
 /// `LISTEN_FDS`, starting at fd 3), to hand to
 /// [`Context::adopt_fd`](crate::Context::adopt_fd). Empty when the variables
 /// are absent or meant for another process. The variables are removed, so
-/// children do not inherit them.
+/// children do not inherit them, and the fds are marked close-on-exec.
+///
+/// Call it at the start of `main`, before any other thread runs: reading
+/// and removing environment variables races with other threads doing the
+/// same (`std::env::remove_var`'s own caveat).
 pub fn listen_fds() -> Vec<OwnedFd> {
     use std::os::fd::FromRawFd;
     let pid_ok = std::env::var("LISTEN_PID")
@@ -326,7 +371,10 @@ pub fn listen_fds() -> Vec<OwnedFd> {
             // SAFETY: the protocol hands this process fds 3..3+LISTEN_FDS, open
             // and owned by nobody else; LISTEN_PID checked that they are ours,
             // and removing the variables above keeps them from being taken twice.
-            unsafe { OwnedFd::from_raw_fd(fd) }
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: F_SETFD on an fd this process owns.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            fd
         })
         .collect()
 }
@@ -368,9 +416,44 @@ pub(crate) enum Bound {
     Dgram(Dgram),
 }
 
+/// A new non-blocking socket (close-on-exec; SO_NOSIGPIPE on Apple
+/// systems, both set by socket2).
 fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
-    let s = Socket::new(domain, ty.nonblocking().cloexec(), None)?;
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos"
+    ))]
+    let s = Socket::new(domain, ty.nonblocking(), None)?;
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos"
+    )))]
+    let s = {
+        let s = Socket::new(domain, ty, None)?;
+        s.set_nonblocking(true)?;
+        s
+    };
     Ok(s)
+}
+
+/// Options every accepted connection gets: TCP_NODELAY when asked for,
+/// and on Apple systems SO_NOSIGPIPE (they have no MSG_NOSIGNAL).
+pub(crate) fn after_accept(stream: &Stream, nodelay: bool) {
+    if let (Stream::Tcp(s), true) = (stream, nodelay) {
+        let _ = s.set_nodelay(true);
+    }
+    #[cfg(target_vendor = "apple")]
+    let _ = SockRef::from(stream).set_nosigpipe(true);
 }
 
 fn with_context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
@@ -549,9 +632,10 @@ pub(crate) fn connect(ep: &Endpoint, nodelay: bool) -> io::Result<(Outbound, Opt
         (Addr::Unix(_), Transport::Unixgram) => {
             let s = new_socket(Domain::UNIX, Type::DGRAM)?;
             // An empty address asks Linux to autobind an abstract name, so the
-            // peer has somewhere to reply to.
-            let autobind = SockAddr::unix("")?;
-            s.bind(&autobind)?;
+            // peer has somewhere to reply to. Elsewhere the socket stays
+            // unnamed: it can send, and receive only from a connected peer.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            s.bind(&SockAddr::unix("")?)?;
             let err = s.connect(&sa).err();
             Ok((
                 Outbound::Dgram(Dgram::Unix(
@@ -576,6 +660,11 @@ pub(crate) fn addr_of(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Addr> {
     } else {
         s.local_addr()?
     };
+    addr_from(&a)
+}
+
+/// A socket address as netloop's `Addr`.
+fn addr_from(a: &SockAddr) -> io::Result<Addr> {
     if let Some(inet) = a.as_socket() {
         return Ok(Addr::Inet(inet));
     }
@@ -583,6 +672,7 @@ pub(crate) fn addr_of(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Addr> {
         if let Some(p) = a.as_pathname() {
             return Ok(Addr::Unix(UnixAddr::Path(p.to_path_buf())));
         }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(n) = a.as_abstract_namespace() {
             return Ok(Addr::Unix(UnixAddr::Abstract(n.to_vec())));
         }
@@ -594,17 +684,20 @@ pub(crate) fn addr_of(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Addr> {
     ))
 }
 
-/// Peer credentials of a Unix stream connection (SO_PEERCRED).
+/// Peer credentials of a Unix stream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {
-    /// The peer's process id (at the time it connected).
-    pub pid: i32,
+    /// The peer's process id at the time it connected, where the system
+    /// tells it (Linux, SO_PEERCRED); `None` elsewhere (getpeereid).
+    pub pid: Option<i32>,
     /// The peer's user id.
     pub uid: u32,
     /// The peer's group id.
     pub gid: u32,
 }
 
+/// SO_PEERCRED.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -627,9 +720,25 @@ pub(crate) fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
         return Err(io::Error::last_os_error());
     }
     Ok(PeerCred {
-        pid: cred.pid,
+        pid: Some(cred.pid),
         uid: cred.uid,
         gid: cred.gid,
+    })
+}
+
+/// getpeereid: user and group, no process id.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
+    let mut uid = 0;
+    let mut gid = 0;
+    // SAFETY: `uid` and `gid` are valid for writes.
+    if unsafe { libc::getpeereid(fd, &mut uid, &mut gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: None,
+        uid,
+        gid,
     })
 }
 

@@ -102,6 +102,6 @@ fn send_after_the_loop_is_gone_gives_the_message_back() {
     .unwrap();
     let h = el.handle();
     drop(el);
-    assert_eq!(h.send((0, 7)), Err((0, 7)));
+    assert_eq!(h.send((0, 7)), Err(netloop::SendError::Closed((0, 7))));
     h.stop(); // harmless
 }

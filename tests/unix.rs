@@ -125,7 +125,7 @@ fn peer_credentials_are_available() {
     );
     let _c = unix_client(&path);
     let cred = rx.recv_timeout(STEP).unwrap();
-    assert_eq!(cred.pid as u32, std::process::id());
+    assert_eq!(cred.pid, Some(std::process::id() as i32));
     // SAFETY: getuid has no preconditions.
     assert_eq!(cred.uid, unsafe { libc::getuid() });
     server.stop();

@@ -322,7 +322,7 @@ pub fn run(
         let timer = crate::os::TimerFd::new()?;
         event_loop
             .context()
-            .register_fd(timer.raw(), netloop::Interest::READABLE)?;
+            .register_fd(timer.dup()?, netloop::Interest::READABLE)?;
         event_loop.handler_mut().timer = Some(timer);
     }
     // All connects start at once: the ramp-up is over when each has opened

@@ -97,10 +97,9 @@ impl TimerFd {
         while unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), 8) } > 0 {}
     }
 
-    /// The raw fd, to register with the loop.
-    pub fn raw(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.0.as_raw_fd()
+    /// A duplicate of the fd, for the loop to watch (it owns what it watches).
+    pub fn dup(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.0.try_clone()
     }
 }
 
