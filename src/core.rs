@@ -273,8 +273,8 @@ impl ZeroCopy {
 
     /// Closes the window; the recorded reply, if any.
     #[inline(always)]
-    fn close(&mut self) -> Option<(ConnId, Reply)> {
-        let id = ConnId::from_u64(std::mem::take(&mut self.conn));
+    fn close(&mut self) -> Option<(u64, Reply)> {
+        let id = std::mem::take(&mut self.conn);
         let len = std::mem::take(&mut self.reply_len);
         if len == 0 {
             return None;
@@ -722,9 +722,6 @@ impl Core {
         let Some(c) = self.slots.conn(id) else {
             return false; // closed in on_data: a reply was settled with it
         };
-        if used != 0 {
-            c.touch(now);
-        }
         if used < data.len() && !c.hold_input(&data[used..], self.config.max_input) {
             self.input_too_large(id);
             return false;
@@ -799,7 +796,7 @@ impl Core {
     pub(crate) fn settle(&mut self) {
         let mut zc = std::mem::replace(&mut self.zero_copy, ZeroCopy::new());
         if let Some((id, reply)) = zc.close() {
-            let _ = self.enqueue(id, reply.bytes());
+            let _ = self.enqueue(ConnId::from_u64(id), reply.bytes());
         }
     }
 

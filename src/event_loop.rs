@@ -137,15 +137,36 @@ impl<H: Handler> Calls<H> {
 
 /// Per-connection states by slot. Every connection gets its state from
 /// `Default` when it opens; a datagram socket on its first datagram.
-struct States<S>(Vec<Option<S>>);
+struct States<S> {
+    by_slot: Vec<Option<S>>, // the states, by `ConnId::key`
+    made: bool,              // a state was made: `S` has values
+}
 
 impl<S: Default> States<S> {
+    fn new() -> States<S> {
+        States {
+            by_slot: Vec::new(),
+            made: false,
+        }
+    }
+
+    /// True for a state without bytes or drop glue, such as `()`: every
+    /// value is the same value, so none needs looking up.
+    const TRIVIAL: bool = std::mem::size_of::<S>() == 0 && !std::mem::needs_drop::<S>();
+
     /// The state of a live socket (made now if it has none yet).
     #[inline(always)]
     fn get(&mut self, id: ConnId) -> &mut S {
+        if Self::TRIVIAL && self.made {
+            // SAFETY: `S` is zero-sized, so a dangling, aligned pointer is a
+            // valid reference to a value of it, provided `S` has values at
+            // all: `made` says `S::default()` has returned one. (Each
+            // connection's own `Default` call still happens, in `fresh`.)
+            return unsafe { &mut *std::ptr::NonNull::<S>::dangling().as_ptr() };
+        }
         let k = id.key as usize;
-        if k < self.0.len() && self.0[k].is_some() {
-            return self.0[k].as_mut().expect("checked");
+        if k < self.by_slot.len() && self.by_slot[k].is_some() {
+            return self.by_slot[k].as_mut().expect("checked");
         }
         self.create(id)
     }
@@ -153,26 +174,31 @@ impl<S: Default> States<S> {
     #[cold]
     #[inline(never)]
     fn create(&mut self, id: ConnId) -> &mut S {
-        self.slot(id).get_or_insert_with(S::default)
+        let state = S::default();
+        self.made = true; // after `default` returned: `S` has values
+        self.slot(id).get_or_insert(state)
     }
 
     /// A new connection's state, replacing anything a previous occupant of
     /// the slot left.
     fn fresh(&mut self, id: ConnId) -> &mut S {
-        self.slot(id).insert(S::default())
+        let state = S::default();
+        self.made = true;
+        self.slot(id).insert(state)
     }
 
     /// Takes the state of a socket that closed.
     fn take(&mut self, id: ConnId) -> Option<S> {
-        self.0.get_mut(id.key as usize).and_then(Option::take)
+        self.by_slot.get_mut(id.key as usize).and_then(Option::take)
     }
 
+    /// The state slot of a socket, the list grown to hold it.
     fn slot(&mut self, id: ConnId) -> &mut Option<S> {
         let k = id.key as usize;
-        if k >= self.0.len() {
-            self.0.resize_with(k + 1, || None);
+        if k >= self.by_slot.len() {
+            self.by_slot.resize_with(k + 1, || None);
         }
-        &mut self.0[k]
+        &mut self.by_slot[k]
     }
 }
 
@@ -211,7 +237,7 @@ impl<H: Handler> EventLoop<H> {
             core,
             calls: Calls {
                 handler,
-                states: States(Vec::new()),
+                states: States::new(),
                 about: 0,
             },
             rbuf: vec![0; READ_BUF].into_boxed_slice(),
