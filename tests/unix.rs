@@ -8,7 +8,8 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use netloop::{Addr, Config, ConnId, Context, EventLoop, Handler, PeerCred, UnixAddr};
+use netloop::socket2::SockRef;
+use netloop::{Addr, Config, ConnId, Context, EventLoop, Handler, PeerCred, Stats, UnixAddr};
 use util::*;
 
 fn unix_client(path: &std::path::Path) -> UnixStream {
@@ -179,6 +180,93 @@ fn unbound_unixgram_sender_is_handled() {
     let (from, replied) = rx.recv_timeout(STEP).unwrap();
     assert_eq!(from, Addr::Unix(UnixAddr::Unnamed));
     assert!(!replied, "no reply to an unnamed sender, and no panic");
+    server.stop();
+}
+
+/// What reached a [`BigGrams`] handler: a datagram's length, or an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    Datagram(usize),
+    Error(std::io::ErrorKind, String),
+}
+
+/// Reports every datagram and every error; answers a message with the
+/// loop's counters.
+struct BigGrams(mpsc::Sender<Heard>);
+
+impl Handler for BigGrams {
+    type Conn = ();
+    type Msg = mpsc::Sender<Stats>;
+    fn on_datagram(&mut self, _: &mut Context<'_>, _: ConnId, _: &mut (), data: &[u8], _: &Addr) {
+        let _ = self.0.send(Heard::Datagram(data.len()));
+    }
+    fn on_error(&mut self, _: &mut Context<'_>, _: ConnId, err: std::io::Error) {
+        let _ = self.0.send(Heard::Error(err.kind(), err.to_string()));
+    }
+    fn on_message(&mut self, cx: &mut Context<'_>, reply: mpsc::Sender<Stats>) {
+        let _ = reply.send(cx.stats().clone());
+    }
+}
+
+/// A Unix datagram larger than the loop's 64 KiB read buffer is not handed
+/// to `on_datagram` cut short: `on_error` hears of it (InvalidData, saying
+/// "truncated"), it is counted as dropped, and the small datagram sent
+/// after it is delivered whole.
+#[test]
+fn unixgram_larger_than_the_read_buffer_is_reported_not_truncated() {
+    let _w = watchdog(
+        "unixgram_larger_than_the_read_buffer",
+        Duration::from_secs(30),
+    );
+    let dir = temp_dir("big");
+    let path = dir.join("big.dgram");
+    let (tx, rx) = mpsc::channel();
+    let server = serve(
+        move || BigGrams(tx),
+        Config::default(),
+        &[&format!("unixgram://{}", path.display())],
+    );
+    let c = UnixDatagram::unbound().unwrap();
+    c.set_write_timeout(Some(STEP)).unwrap();
+    let big = vec![7u8; 100 * 1024];
+    let _ = SockRef::from(&c).set_send_buffer_size(1 << 20);
+    match c.send_to(&big, &path) {
+        Ok(n) => assert_eq!(n, big.len()),
+        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+            eprintln!("skipped: this kernel refuses to send a 100 KiB Unix datagram ({e})");
+            return;
+        }
+        Err(e) => panic!("sending a 100 KiB datagram: {e}"),
+    }
+    c.send_to(b"small", &path).unwrap();
+    match rx
+        .recv_timeout(STEP)
+        .expect("the loop heard of the big datagram")
+    {
+        Heard::Error(kind, msg) => {
+            assert_eq!(kind, std::io::ErrorKind::InvalidData, "{msg}");
+            assert!(
+                msg.contains("truncated"),
+                "the error says what happened: {msg}"
+            );
+        }
+        Heard::Datagram(n) => panic!(
+            "a {n}-byte datagram reached on_datagram for one of {} bytes",
+            big.len()
+        ),
+    }
+    assert_eq!(
+        rx.recv_timeout(STEP).expect("the small datagram"),
+        Heard::Datagram(5)
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "nothing more"
+    );
+    let (stx, srx) = mpsc::channel();
+    assert!(server.handle.send(stx).is_ok(), "the loop is gone");
+    let stats = srx.recv_timeout(STEP).expect("stats from the loop");
+    assert_eq!(stats.datagrams_dropped, 1, "{stats:?}");
     server.stop();
 }
 

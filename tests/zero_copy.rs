@@ -755,6 +755,62 @@ fn on_drain_follows_a_deferred_send() {
     assert_eq!(h.drains, 2 * n, "one drain per reply");
 }
 
+/// Echoes the first line of what arrives (a deferred send) and leaves the
+/// rest unconsumed; in the `on_drain` that follows, detaches the connection
+/// and hands it to the test.
+struct DrainDetacher(mpsc::Sender<Detached>);
+
+impl Handler for DrainDetacher {
+    type Conn = ();
+    type Msg = ();
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        let end = data.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if end > 0 {
+            cx.send(id, &data[..end]).unwrap();
+        }
+        end
+    }
+    fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        if let Ok(d) = cx.detach(id) {
+            let _ = self.0.send(d);
+        }
+    }
+}
+
+/// The `on_drain` that follows a deferred send sees the connection with
+/// the input `on_data` left unconsumed already kept: a `detach` there
+/// hands those bytes back in `unread` (they are not lost), and the std
+/// stream carries on where the loop left off.
+#[test]
+fn detach_in_on_drain_after_a_deferred_send_hands_back_the_unconsumed_input() {
+    let _w = watchdog("detach_in_on_drain", Duration::from_secs(60));
+    let (tx, rx) = mpsc::channel();
+    let server = serve(
+        move || DrainDetacher(tx),
+        Config::default(),
+        &["tcp://127.0.0.1:0"],
+    );
+    let mut c = client(server.inet());
+    c.write_all(b"first\nsecond\nthird").unwrap();
+    let d = rx
+        .recv_timeout(STEP)
+        .expect("on_drain detached the connection");
+    assert_eq!(read_n(&mut c, 6), b"first\n", "the echo of the first line");
+    assert!(d.unsent.is_empty(), "unsent: {:?}", d.unsent);
+    assert_eq!(
+        String::from_utf8_lossy(&d.unread),
+        "second\nthird",
+        "what on_data left unconsumed"
+    );
+    let StdSocket::TcpStream(mut s) = d.socket else {
+        panic!("not a TCP stream: {:?}", d.socket)
+    };
+    s.set_read_timeout(Some(STEP)).unwrap();
+    c.write_all(b" and more\n").unwrap();
+    assert_eq!(read_n(&mut s, 10), b" and more\n");
+    server.stop();
+}
+
 // ---------------------------------------------------------------------------
 // 8. A panic after a deferred send.
 
