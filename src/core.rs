@@ -249,6 +249,18 @@ impl ZeroCopy {
         }
     }
 
+    /// Opens the window for `id`, whose fresh bytes lie at the front of
+    /// `buf`, the loop's read buffer (the same buffer every time: its
+    /// address is stored only when it changes).
+    #[inline(always)]
+    fn open(&mut self, id: ConnId, buf: &[u8]) {
+        self.conn = id.as_u64();
+        if self.buf != buf.as_ptr() || self.buf_len != buf.len() {
+            self.buf = buf.as_ptr();
+            self.buf_len = buf.len();
+        }
+    }
+
     /// True if `id` is the connection whose window is open.
     #[inline(always)]
     fn is(&self, id: ConnId) -> bool {
@@ -666,9 +678,7 @@ impl Core {
         // timeout; bytes that never complete a message do not.
         c.touch(now);
         if c.zero_copy_allowed() {
-            self.zero_copy.conn = id.as_u64();
-            self.zero_copy.buf = buf.as_ptr();
-            self.zero_copy.buf_len = buf.len();
+            self.zero_copy.open(id, buf);
         }
         Read::Fresh(n)
     }
@@ -794,8 +804,7 @@ impl Core {
     #[cold]
     #[inline(never)]
     pub(crate) fn settle(&mut self) {
-        let mut zc = std::mem::replace(&mut self.zero_copy, ZeroCopy::new());
-        if let Some((id, reply)) = zc.close() {
+        if let Some((id, reply)) = self.zero_copy.close() {
             let _ = self.enqueue(ConnId::from_u64(id), reply.bytes());
         }
     }
@@ -803,7 +812,7 @@ impl Core {
     /// Drops the window without writing (its connection is being closed
     /// after a panic).
     pub(crate) fn drop_zero_copy(&mut self) {
-        self.zero_copy = ZeroCopy::new();
+        let _ = self.zero_copy.close();
     }
 
     /// `send` by copying into the connection's queue: one slot lookup and a

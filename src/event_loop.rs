@@ -56,6 +56,14 @@ use crate::{
     CloseReason, Config, ConnId, Context, Handle, Handler, ListenOptions, Ready, Stats, ToEndpoint,
 };
 
+/// `Readiness::read_closed`, kept out of the read loop: called only when a
+/// hang-up bit is set (otherwise the compiler decodes it for every event).
+#[cold]
+#[inline(never)]
+fn read_closed(ready: Readiness) -> bool {
+    ready.read_closed()
+}
+
 /// The loop's one read buffer: big enough for any UDP datagram.
 const READ_BUF: usize = 64 * 1024;
 /// Messages from other threads handled per turn, so a flood of them cannot
@@ -618,7 +626,7 @@ impl<H: Handler> EventLoop<H> {
             self.dispatch_notices();
             // A short read ends the loop unless the peer hung up (then the
             // next read meets end of file now, not after another poll).
-            if n < self.rbuf.len() && !(ready.maybe_read_closed() && ready.read_closed()) {
+            if n < self.rbuf.len() && !(ready.maybe_read_closed() && read_closed(ready)) {
                 return;
             }
             budget = budget.saturating_sub(n);
