@@ -150,6 +150,24 @@ impl Slots {
         }
     }
 
+    /// `conn` for an id whose slot was looked up earlier in this turn (the
+    /// read step's): the slot list never shrinks, so its key is still in
+    /// bounds and only the generation and kind need checking.
+    #[inline(always)]
+    fn conn_seen(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let k = id.key as usize;
+        assert!(k < self.slots.len() || cfg!(not(debug_assertions)));
+        // SAFETY: `k` indexed `slots` before (the caller's contract), and
+        // slots are only ever pushed, never removed from the list.
+        match unsafe { self.slots.get_unchecked_mut(k) } {
+            Slot {
+                gen,
+                kind: Kind::Conn(c),
+            } if *gen == id.gen => Some(c),
+            _ => None,
+        }
+    }
+
     /// The entry an id names, tombstone included.
     fn named(&self, id: ConnId) -> Option<&Kind> {
         match self.slots.get(id.key as usize) {
@@ -239,26 +257,23 @@ pub(crate) struct ZeroCopy {
 unsafe impl Send for ZeroCopy {}
 
 impl ZeroCopy {
-    fn new() -> ZeroCopy {
+    /// A closed window over `buf`, the loop's read buffer for its whole
+    /// life.
+    fn new(buf: &[u8]) -> ZeroCopy {
         ZeroCopy {
             conn: 0,
-            buf: std::ptr::null(),
-            buf_len: 0,
+            buf: buf.as_ptr(),
+            buf_len: buf.len(),
             reply: std::ptr::null(),
             reply_len: 0,
         }
     }
 
     /// Opens the window for `id`, whose fresh bytes lie at the front of
-    /// `buf`, the loop's read buffer (the same buffer every time: its
-    /// address is stored only when it changes).
+    /// the read buffer.
     #[inline(always)]
-    fn open(&mut self, id: ConnId, buf: &[u8]) {
+    fn open(&mut self, id: ConnId) {
         self.conn = id.as_u64();
-        if self.buf != buf.as_ptr() || self.buf_len != buf.len() {
-            self.buf = buf.as_ptr();
-            self.buf_len = buf.len();
-        }
     }
 
     /// True if `id` is the connection whose window is open.
@@ -331,7 +346,7 @@ pub(crate) enum Read {
     /// Nothing to read now, or not reading (paused, closing, …).
     Done,
     /// The id is not an open stream connection: another kind of socket,
-    /// or stale (first read of an event only).
+    /// or stale (first read of an event only; later ones say `Done`).
     Other,
     /// Connecting or waiting for WRITABLE (first read of an event only).
     Slow,
@@ -371,7 +386,9 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(config: Config, shared: Arc<Shared>, poller: Poller) -> Core {
+    /// The loop's state; `rbuf` is the read buffer the loop reads every
+    /// stream into, for as long as it lives (the zero-copy window's).
+    pub(crate) fn new(config: Config, shared: Arc<Shared>, poller: Poller, rbuf: &[u8]) -> Core {
         let mut core = Core {
             poller,
             slots: Slots::new(),
@@ -387,7 +404,7 @@ impl Core {
             accept_paused: Vec::new(),
             emfile_logged: None,
             shared,
-            zero_copy: ZeroCopy::new(),
+            zero_copy: ZeroCopy::new(rbuf),
         };
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
@@ -446,9 +463,7 @@ impl Core {
     /// The next event of the last poll.
     #[inline(always)]
     pub(crate) fn next_event(&mut self) -> Option<(usize, Readiness)> {
-        let ev = self.poller.next();
-        self.stats.events += ev.is_some() as u64;
-        ev
+        self.poller.next()
     }
 
     /// The timer event was served.
@@ -654,7 +669,11 @@ impl Core {
     ) -> Read {
         let now = self.now;
         let Some(c) = self.slots.conn(id) else {
-            return Read::Other;
+            return if gate == Gate::FROM_EVENT {
+                Read::Other
+            } else {
+                Read::Done
+            };
         };
         if c.stops_reading(gate) || !ready.readable() {
             if gate == Gate::FROM_EVENT && c.waits_for_writable() {
@@ -678,7 +697,8 @@ impl Core {
         // timeout; bytes that never complete a message do not.
         c.touch(now);
         if c.zero_copy_allowed() {
-            self.zero_copy.open(id, buf);
+            debug_assert_eq!(buf.as_ptr(), self.zero_copy.buf);
+            self.zero_copy.open(id);
         }
         Read::Fresh(n)
     }
@@ -729,7 +749,8 @@ impl Core {
     pub(crate) fn after_data(&mut self, id: ConnId, data: &[u8], used: usize) -> bool {
         let now = self.now;
         let reply = self.zero_copy.close();
-        let Some(c) = self.slots.conn(id) else {
+        // (`id` was read by `read` just before.)
+        let Some(c) = self.slots.conn_seen(id) else {
             return false; // closed in on_data: a reply was settled with it
         };
         if used < data.len() && !c.hold_input(&data[used..], self.config.max_input) {

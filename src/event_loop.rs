@@ -240,7 +240,8 @@ impl<H: Handler> EventLoop<H> {
         let waker = mio::Waker::new(poller.registry(), WAKER)?;
         let shared = Arc::new(Shared::new(waker));
         let (handle, rx) = crate::remote::channel(shared.clone(), config.message_queue);
-        let core = Core::new(config, shared, poller);
+        let rbuf = vec![0; READ_BUF].into_boxed_slice();
+        let core = Core::new(config, shared, poller, &rbuf);
         Ok(EventLoop {
             core,
             calls: Calls {
@@ -248,7 +249,7 @@ impl<H: Handler> EventLoop<H> {
                 states: States::new(),
                 about: 0,
             },
-            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            rbuf,
             rx,
             handle,
             signals: None,
@@ -358,7 +359,10 @@ impl<H: Handler> EventLoop<H> {
                 // under way, so the next poll needs no checks first.
                 let mut quiet = false;
                 if resumed {
-                    quiet = me.turn();
+                    // The rest of the interrupted turn: its events, then
+                    // whatever it left on the work lists.
+                    me.process();
+                    quiet = me.finish_turn();
                 }
                 resumed = true;
                 loop {
@@ -389,9 +393,14 @@ impl<H: Handler> EventLoop<H> {
             return Ok(false);
         }
         // A panic leaves the rest of the turn to finish.
-        while !self.guarded(|me| {
+        if !self.guarded(|me| {
             me.turn();
-        }) {}
+        }) {
+            while !self.guarded(|me| {
+                me.process();
+                me.finish_turn();
+            }) {}
+        }
         Ok(true)
     }
 
@@ -441,12 +450,16 @@ impl<H: Handler> EventLoop<H> {
 
     /// Everything between two polls. Returns true when the turn left
     /// nothing to do before the next poll may block (see `before_poll`).
+    ///
+    /// The work lists of `finish_turn` are empty here: only a panic can
+    /// leave them half served, and the turn that resumes after one goes to
+    /// `finish_turn` directly.
     #[inline(always)]
     fn turn(&mut self) -> bool {
         self.process();
         // One test for the common case of an echo-like turn: nothing ready,
         // queued or to tell, no stop asked for.
-        if (self.ready_work.len() | self.flush_work.len()) == 0 && !self.core.busy() {
+        if !self.core.busy() {
             return true;
         }
         self.finish_turn()
@@ -593,11 +606,12 @@ impl<H: Handler> EventLoop<H> {
     /// connecting or waiting for WRITABLE to `conn_event_slow`.
     #[inline(always)]
     fn read_conn(&mut self, id: ConnId, ready: Readiness, mut gate: Gate) {
-        let mut budget = self.core.config().read_budget;
+        let mut spent = 0;
         loop {
             let n = match self.core.read(id, &mut self.rbuf, gate, ready) {
                 Read::Fresh(n) => {
-                    let data = &self.rbuf[..n];
+                    // SAFETY: a read returns at most the buffer's length.
+                    let data = unsafe { self.rbuf.get_unchecked(..n) };
                     let used = self.calls.call(&mut self.core, Some(id), |h, cx, st| {
                         h.on_data(cx, id, st.get(id), data)
                     });
@@ -613,12 +627,7 @@ impl<H: Handler> EventLoop<H> {
                     n
                 }
                 Read::Done => return,
-                Read::Other => {
-                    if gate == Gate::FROM_EVENT {
-                        self.on_other_event(id, ready);
-                    }
-                    return;
-                }
+                Read::Other => return self.on_other_event(id, ready),
                 Read::Slow => return self.conn_event_slow(id, ready),
                 Read::Eof => return self.on_eof(id),
                 Read::Failed => return self.dispatch_notices(),
@@ -629,8 +638,8 @@ impl<H: Handler> EventLoop<H> {
             if n < self.rbuf.len() && !(ready.maybe_read_closed() && read_closed(ready)) {
                 return;
             }
-            budget = budget.saturating_sub(n);
-            if budget == 0 {
+            spent += n;
+            if spent >= self.core.config().read_budget {
                 return self.core.budget_cut(id, ready);
             }
             gate = Gate::IN_LOOP;

@@ -111,7 +111,6 @@ impl Poller {
                 .as_millis()
                 .min(libc::c_int::MAX as u128) as libc::c_int,
         };
-        self.events.clear();
         self.cursor = 0;
         // SAFETY: the buffer has room for `capacity` events, the count passed;
         // epoll_wait initialises the first `n` of them.
@@ -124,6 +123,8 @@ impl Poller {
             )
         };
         if n < 0 {
+            // SAFETY: no events: nothing to initialise.
+            unsafe { self.events.set_len(0) };
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
