@@ -371,6 +371,51 @@ fn pipeline_of_the_redis_crate() {
     assert_eq!(mget, [Some(1), Some(1000), None]);
 }
 
+/// A value past netloop's default write-queue cap (64 MiB), well inside
+/// Redis's 512 MB: what SET accepts, GET must give back.
+#[test]
+fn value_of_100_mb_round_trips() {
+    const SIZE: usize = 100 * 1000 * 1000;
+    let server = Server::start();
+    let mut redis = server.redis();
+    let value: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let t = Instant::now();
+    redis::cmd("SET")
+        .arg("big")
+        .arg(&value[..])
+        .exec(&mut redis.0)
+        .expect("SET of 100 MB");
+    let set = t.elapsed();
+    let got: Vec<u8> = redis::cmd("GET")
+        .arg("big")
+        .query(&mut redis.0)
+        .expect("GET of 100 MB");
+    eprintln!("100 MB: SET in {set:?}, GET in {:?}", t.elapsed() - set);
+    assert_eq!(got.len(), SIZE, "GET returned {} bytes", got.len());
+    assert!(got == value, "GET returned other bytes");
+    assert_eq!(
+        redis.cmd(&["ping"]),
+        "PONG",
+        "the connection is still served"
+    );
+}
+
+/// The limits the example sets are consistent: a SET of the largest value
+/// the parser accepts (with a short key) fits the input limit, and the GET
+/// of it fits the write-queue cap.
+#[test]
+fn limits_let_a_get_return_the_largest_value_a_set_accepts() {
+    let config = server::config();
+    let max = resp::Limits::default().max_bulk_len;
+    let bulk = |n: usize| format!("${n}\r\n").len() + n + 2;
+    let set = "*3\r\n".len() + bulk(3) + bulk(64) + bulk(max);
+    assert!(config.max_input >= set, "a SET of {max} bytes: {config:?}");
+    assert!(
+        config.max_write_queue >= bulk(max),
+        "a GET of {max} bytes: {config:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // With the real redis-cli.
 
