@@ -222,11 +222,18 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process. Panics without `/proc`: a count
+/// of 0 would let every assertion on it pass.
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    count_entries("/proc/self/fd")
+}
+
+/// Entries of a `/proc/…/fd` directory (less the one `read_dir` opens);
+/// panics if it cannot be read.
+fn count_entries(dir: &str) -> usize {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("counting open fds needs {dir} (Linux's /proc): {e}"));
+    entries.map(|e| e.expect("a /proc fd entry")).count()
 }
 
 /// The 99th percentile of `samples` (sorted in place).
@@ -393,11 +400,9 @@ pub fn clock_ticks_per_sec() -> u64 {
     t as u64
 }
 
-/// Open file descriptors of another process.
+/// Open file descriptors of another process; panics without `/proc`.
 pub fn fd_count_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    count_entries(&format!("/proc/{pid}/fd"))
 }
 
 /// An example's binary, target/<profile>/examples/<name> beside this test's
