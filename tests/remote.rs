@@ -49,20 +49,23 @@ fn flood(threads: usize, per_thread: u64) {
         })
         .collect();
     // Messages are taken only on the waker's event, and until the last one
-    // is in, some sender is always sending: no poll may sleep through its
-    // whole timeout. One that does had a message waiting whose wake-up was
-    // lost. (With a short timeout the test would only have been slower.)
+    // is in, some sender is always sending: the loop may never go a long
+    // while without taking one. If it does, a message is waiting whose
+    // wake-up was lost. (Polls wait up to STEP, so that such a message is
+    // not picked up late instead: a short timeout would only have slowed
+    // the test down.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let poll = Instant::now();
-        if !el.run_once(Some(STEP)).unwrap() {
-            break;
-        }
+    let mut progress = (0, Instant::now()); // messages taken, and when
+    while el.run_once(Some(STEP)).unwrap() {
+        let taken = el.handler().total;
         assert!(
-            poll.elapsed() < STEP,
-            "the loop slept {STEP:?} with {} of {expect} messages taken: a wake-up was lost",
-            el.handler().total
+            progress.1.elapsed() < STEP,
+            "no message taken for {STEP:?}, {} of {expect} in: a wake-up was lost",
+            progress.0
         );
+        if taken != progress.0 {
+            progress = (taken, Instant::now());
+        }
         assert!(
             Instant::now() < deadline,
             "messages did not all arrive in time"
