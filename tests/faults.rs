@@ -1,7 +1,6 @@
-//! Faults from RELIABILITY.md that netloop must survive: a peer that resets
-//! mid-write (row 6, with SIGPIPE at its default in a child process), one
-//! busy connection beside a quiet one (row 9), a datagram flood beside TCP
-//! (row 10).
+//! Faults that netloop must survive: a peer that resets mid-write (also with
+//! SIGPIPE at its default, in a child process), one busy connection beside a
+//! quiet one, a datagram flood beside TCP.
 //!
 //! These tests measure the whole process (fd count) or latency, so they take
 //! [`serial`] and run one at a time.
@@ -167,7 +166,7 @@ fn sigpipe_child() {
     event_loop.run().unwrap();
 }
 
-/// Row 6's SIGPIPE half. TCP: the first write after a peer's RST fails with
+/// Resets mid-write, the SIGPIPE half. TCP: the first write after a peer's RST fails with
 /// ECONNRESET and no signal; only a later write gets EPIPE (and SIGPIPE
 /// without MSG_NOSIGNAL). A Unix stream whose peer is gone gives EPIPE on the
 /// very first write, so the Unix cycles are the ones that would kill a

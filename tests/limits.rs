@@ -1,5 +1,4 @@
-//! Limits and faults (RELIABILITY.md rows 1–5): running out of file
-//! descriptors, a connection flood, idle and slowloris clients, a reader
+//! Limits and faults: running out of file descriptors, a connection flood, idle and slowloris clients, a reader
 //! that never reads, and over-long input. Each test drives a real server
 //! over loopback and checks what a client sees and what the server keeps.
 //!
@@ -63,7 +62,7 @@ fn small_window_client(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
 }
 
 // ---------------------------------------------------------------------------
-// Row 1: fd exhaustion
+// Running out of file descriptors
 
 #[test]
 fn fd_exhaustion_backs_off_keeps_serving_and_recovers() {
@@ -139,7 +138,7 @@ fn fd_exhaustion_backs_off_keeps_serving_and_recovers() {
 }
 
 // ---------------------------------------------------------------------------
-// Row 2: connection flood
+// A connection flood
 
 /// Echoes; refused connections are told "busy".
 #[derive(Default)]
@@ -290,7 +289,7 @@ fn connection_flood_is_refused_promptly_and_the_established_client_served() {
 }
 
 // ---------------------------------------------------------------------------
-// A line server shared by rows 3–5: consumes only complete lines.
+// A line server for the tests below: consumes only complete lines.
 
 /// What the line server saw, with when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,7 +439,7 @@ fn close_reasons(log: &Log) -> Vec<CloseReason> {
 }
 
 // ---------------------------------------------------------------------------
-// Row 3: slowloris and idle clients
+// Slowloris and idle clients
 
 #[test]
 fn idle_and_slowloris_clients_are_closed_and_a_normal_one_is_not() {
@@ -580,7 +579,7 @@ fn idle_close_whose_peer_never_reads_is_aborted_on_the_next_sweep() {
 }
 
 // ---------------------------------------------------------------------------
-// Row 4: a reader that never reads
+// A reader that never reads
 
 #[test]
 fn reader_that_never_reads_is_dropped_with_memory_bounded() {
@@ -722,7 +721,7 @@ fn backpressure_pauses_reading_above_high_water_until_low_water() {
 }
 
 // ---------------------------------------------------------------------------
-// Row 5: oversized input
+// Oversized input
 
 #[test]
 fn ten_megabytes_without_a_newline_get_an_error_and_a_close_in_bounded_memory() {

@@ -1,5 +1,4 @@
-//! Graceful shutdown with pending writes, driven by real signals
-//! (RELIABILITY.md row 12): the server runs in a child process (this test
+//! Graceful shutdown with pending writes, driven by real signals: the server runs in a child process (this test
 //! binary again, running only [`shutdown_child`]), which stops on SIGINT or
 //! SIGTERM and exits with code 0 when `run` returns.
 
