@@ -2,10 +2,11 @@
 # benches/kv_instructions.sh [N]
 #
 # User-space instructions per GET request, kv example and redis-server, under
-# callgrind (stable on a noisy machine), by the method of
-# /work/shared/peers/instr_per_msg.sh: each server runs twice, idle and with N
-# (default 20000) GETs from `redis-benchmark -c 10 -n N -t get -P 1`; the
-# difference of the totals over N is printed. Build first:
+# callgrind (stable on a noisy machine): each server runs twice, idle and
+# with N (default 20000) GETs from `redis-benchmark -c 10 -n N -t get -P 1`;
+# the difference of the two totals over N is printed, so start-up and
+# shutdown cancel out. Needs valgrind, redis-server and redis-tools, and
+# python3. Build first:
 #   cargo build --release --example kv
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,7 +11,7 @@ mod util;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use netloop::socket2::{Domain, Socket, Type};
 use netloop::EventLoop;
 
 use server::ChatServer;
-use util::{serve_loop, socket_path, watchdog, Echo, Server};
+use util::{example_binary, serve_loop, socket_path, watchdog, Echo, Server};
 
 /// How long any one read may wait before the test fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -301,26 +301,10 @@ fn member_that_stops_reading_is_dropped_and_others_get_every_line() {
     drop(stuck);
 }
 
-/// The client example's binary, which a plain `cargo test` builds before it
-/// runs integration tests: target/debug/examples/client, next to this test's
-/// target/debug/deps/. (`cargo test --test chat` alone does not rebuild
-/// examples: run `cargo build --examples` first.)
-fn client_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("examples").join("client");
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo test`",
-        path.display()
-    );
-    path
-}
-
 /// Runs the client example on `url` with `stdin`, writing `input` to it if
 /// it is a pipe, and returns its output; fails after `limit`.
 fn run_client(url: &str, stdin: Stdio, input: &str, limit: Duration) -> Output {
-    let mut child = Command::new(client_binary())
+    let mut child = Command::new(example_binary("client"))
         .arg(url)
         .stdin(stdin)
         .stdout(Stdio::piped())

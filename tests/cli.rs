@@ -1,44 +1,21 @@
-//! The example command lines on bad input (RELIABILITY.md row 16): each
-//! exits non-zero at once with a message naming the input, never a panic;
-//! `--help` works for every example.
-//!
-//! A plain `cargo test` builds the examples before the integration tests;
-//! `cargo test --test cli` alone does not (run `cargo build --examples`).
+//! The example command lines on bad input: each exits non-zero at once
+//! with a message naming the input, never a panic; `--help` works for every
+//! example. The examples are built by the first test that runs one
+//! ([`example_binary`]), so `cargo test --test cli` works alone.
 
 mod util;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use util::*;
 
-/// The examples this crate has; `kv` may not be built yet on every branch.
+/// The examples this crate has.
 const EXAMPLES: &[&str] = &["echo", "chat", "client", "kv"];
-/// Examples that must exist.
-const REQUIRED: &[&str] = &["echo", "chat", "client"];
-
-/// target/debug/examples/NAME, next to this test's target/debug/deps/.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("examples").join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        assert!(
-            !REQUIRED.contains(&name),
-            "{} missing: run `cargo test` (or `cargo build --examples`)",
-            path.display()
-        );
-        None
-    }
-}
 
 /// Runs `name` with `args`; fails if it does not exit within 10 s.
 fn run(name: &str, args: &[&str]) -> Output {
-    let path = example(name).unwrap();
-    let mut child = Command::new(&path)
+    let mut child = Command::new(example_binary(name))
         .args(args)
         .env_remove("RUST_LOG") // the default filter, as a user runs it
         .env_remove("RUST_BACKTRACE")
@@ -112,9 +89,7 @@ fn client_rejects_bad_urls() {
 fn unknown_flags_and_bad_numbers_are_rejected() {
     let _watchdog = watchdog("unknown_flags", Duration::from_secs(120));
     for name in EXAMPLES {
-        if example(name).is_some() {
-            expect_clear_failure(name, &["--no-such-flag"], "--no-such-flag");
-        }
+        expect_clear_failure(name, &["--no-such-flag"], "--no-such-flag");
     }
     expect_clear_failure("chat", &["--idle-timeout", "-5"], "-5");
     expect_clear_failure("chat", &["--max-line", "lots"], "lots");
@@ -124,9 +99,6 @@ fn unknown_flags_and_bad_numbers_are_rejected() {
 fn help_exits_zero_for_every_example() {
     let _watchdog = watchdog("help_exits_zero", Duration::from_secs(120));
     for name in EXAMPLES {
-        if example(name).is_none() {
-            continue;
-        }
         let out = run(name, &["--help"]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{name} --help: {out:?}");

@@ -1,5 +1,5 @@
-//! Memory per connection (RELIABILITY.md row 14, issue #7's targets),
-//! measured on the server alone: the echo example runs as a child process
+//! Memory per connection, against the targets below, measured on the
+//! server alone: the echo example runs as a child process
 //! and its VmRSS is read from /proc, so nothing this test allocates counts.
 
 mod util;
@@ -16,9 +16,9 @@ use util::{client, read_n, round_trip, wait_for, watchdog, EchoChild};
 const CONNECTIONS: usize = 10_000;
 /// Connections opened after the baseline is taken.
 const ADDED: usize = CONNECTIONS - 1;
-/// Issue #7: an idle connection costs the server at most this much RSS.
+/// Target: an idle connection costs the server at most this much RSS.
 const TARGET_IDLE_BYTES: f64 = 256.0;
-/// Issue #7: after a burst, RSS is back within this fraction of the idle figure.
+/// Target: after a burst, RSS is back within this fraction of the idle figure.
 const TARGET_AFTER_BURST: f64 = 0.10;
 const BURST_BYTES: usize = 60_000;
 
@@ -102,13 +102,13 @@ fn ten_thousand_idle_connections_and_a_burst_each() {
     let mut missed = Vec::new();
     if per_conn > TARGET_IDLE_BYTES {
         missed.push(format!(
-            "issue #7 target missed: {per_conn:.0} bytes of server RSS per idle connection \
+            "target missed: {per_conn:.0} bytes of server RSS per idle connection \
              (target {TARGET_IDLE_BYTES})"
         ));
     }
     if ratio > TARGET_AFTER_BURST {
         missed.push(format!(
-            "issue #7 target missed: RSS {after} KiB after a {BURST_BYTES}-byte burst on each \
+            "target missed: RSS {after} KiB after a {BURST_BYTES}-byte burst on each \
              connection, {:.1}% over the idle {idle} KiB (target {:.0}%)",
             ratio * 100.0,
             TARGET_AFTER_BURST * 100.0

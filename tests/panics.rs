@@ -1,4 +1,4 @@
-//! A handler that panics (RELIABILITY.md row 8): the connection it was
+//! A handler that panics: the connection it was
 //! serving is closed, the others carry on, and ten thousand panics leave fd
 //! count and memory flat; with `catch_panics: false` the panic propagates.
 //!

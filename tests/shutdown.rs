@@ -1,5 +1,4 @@
-//! Graceful shutdown with pending writes, driven by real signals
-//! (RELIABILITY.md row 12): the server runs in a child process (this test
+//! Graceful shutdown with pending writes, driven by real signals: the server runs in a child process (this test
 //! binary again, running only [`shutdown_child`]), which stops on SIGINT or
 //! SIGTERM and exits with code 0 when `run` returns.
 
@@ -163,9 +162,11 @@ fn second_signal_while_draining_exits_at_once() {
     assert!(draining.is_none(), "exited before the drain: {draining:?}");
     let t = Instant::now();
     server.signal(libc::SIGINT);
-    let status = server.wait_exit(Duration::from_secs(5));
+    // At once, rather than at the 30 s deadline: within STEP (10 s), for a
+    // loaded machine's sake.
+    let status = server.wait_exit(STEP);
     let took = t.elapsed();
     eprintln!("exited {took:?} after the second signal");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < STEP, "took {took:?}");
 }

@@ -1,4 +1,4 @@
-//! Soak test (issue #6, item 6): an echo server and a chat server in this
+//! Soak test: an echo server and a chat server in this
 //! process under a mix of load for a bounded time — echo round trips, chat
 //! members, churn (connect, round trip, close), resets (linger 0 while the
 //! server is writing) and slow readers — then checks that file

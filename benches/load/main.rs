@@ -618,7 +618,8 @@ fn summary(o: &Outcome) -> String {
     s
 }
 
-/// The report as one JSON object (the keys of DESIGN.md's contract, then more).
+/// The report as one JSON object: the keys other tools rely on (listed in
+/// the README), then more.
 fn json(o: &Outcome) -> String {
     let l = &o.latency;
     let e = &o.errors;

@@ -41,10 +41,10 @@ pub fn raise_nofile() -> u64 {
     lim.rlim_cur
 }
 
-/// A periodic timer as a file descriptor (timerfd), for the open-loop
-/// schedule: the loop's own timers wake it through epoll's timeout, which
-/// has whole milliseconds only, and a message sent up to a millisecond late
-/// would be charged to the server.
+/// A periodic timer as a file descriptor (timerfd) for the open-loop
+/// schedule, registered with the loop as a plain fd: armed once with the
+/// period (100 us to 1 ms), the kernel fires it every period, and each wake
+/// sends what has fallen due.
 #[derive(Debug)]
 pub struct TimerFd(std::os::fd::OwnedFd);
 

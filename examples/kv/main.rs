@@ -3,6 +3,11 @@
 // A Redis-protocol (RESP2) key-value server: strings with expiry, pipelining,
 // the commands of store.rs (GET SET INCR EXPIRE TTL MGET DEL …). Talk to it
 // with redis-cli or measure it with redis-benchmark. Ctrl-C stops gracefully.
+//
+// Limits (server.rs): a value may be up to 512 MB, as in Redis; a request up
+// to 1 GiB (Redis's client-query-buffer-limit), so a SET of such a value
+// fits; a client's queued replies up to 1 GiB, so the GET of it fits too. A
+// client past either limit is reset. No idle timeout, as Redis.
 
 mod resp;
 mod server;

@@ -58,14 +58,26 @@ impl Kv {
     }
 }
 
+/// Most bytes of a client's request kept unconsumed, Redis's
+/// `client-query-buffer-limit` (1 GiB): a request carrying the largest value
+/// (512 MB, [`resp::DEFAULT_MAX_BULK_LEN`](super::resp::DEFAULT_MAX_BULK_LEN))
+/// fits, so SET accepts it.
+pub const MAX_INPUT: usize = 1024 * 1024 * 1024;
+/// Most bytes of replies queued for a client (1 GiB). It must hold the
+/// largest value too, or a GET of what SET accepted would reset the client;
+/// netloop's default (64 MiB) is far below it. A client whose unread
+/// replies pass it is reset, as netloop drops a reader that never reads
+/// (Redis itself sets no limit for normal clients).
+pub const MAX_WRITE_QUEUE: usize = 1024 * 1024 * 1024;
+
 /// The loop settings the server wants: Redis's limits instead of netloop's
 /// internet-facing defaults.
 pub fn config() -> Config {
     Config {
         // Redis never closes idle clients by default (`timeout 0`).
         idle_timeout: None,
-        // Redis's `client-query-buffer-limit`: a 512 MB argument must fit.
-        max_input: 1024 * 1024 * 1024,
+        max_input: MAX_INPUT,
+        max_write_queue: MAX_WRITE_QUEUE,
         ..Config::default()
     }
 }

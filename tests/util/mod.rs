@@ -222,18 +222,32 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process. Panics without `/proc`: a count
+/// of 0 would let every assertion on it pass.
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    count_entries("/proc/self/fd")
 }
 
-/// The 99th percentile of `samples` (sorted in place).
-pub fn p99(samples: &mut [Duration]) -> Duration {
+/// Entries of a `/proc/…/fd` directory (less the one `read_dir` opens);
+/// panics if it cannot be read.
+fn count_entries(dir: &str) -> usize {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("counting open fds needs {dir} (Linux's /proc): {e}"));
+    entries.fold(0, |n, e| {
+        e.expect("a /proc fd entry");
+        n + 1
+    })
+}
+
+/// The `pct`th percentile of `samples` (sorted in place): the smallest
+/// sample that at least `pct`% of them do not exceed. With ~100 samples a
+/// 99th percentile is their maximum, which one hiccup of a loaded machine
+/// sets: latency checks use the 90th, which ignores a few.
+pub fn percentile(samples: &mut [Duration], pct: usize) -> Duration {
     assert!(!samples.is_empty(), "no samples");
+    assert!((1..=100).contains(&pct), "percentile {pct}");
     samples.sort_unstable();
-    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+    samples[(samples.len() * pct).div_ceil(100) - 1]
 }
 
 /// Serialises the tests of one file that measure the whole process (fd
@@ -393,27 +407,62 @@ pub fn clock_ticks_per_sec() -> u64 {
     t as u64
 }
 
-/// Open file descriptors of another process.
+/// Open file descriptors of another process; panics without `/proc`.
 pub fn fd_count_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    count_entries(&format!("/proc/{pid}/fd"))
 }
 
-/// An example's binary, which a plain `cargo test` builds before it runs
-/// integration tests: target/<profile>/examples/<name>, next to this test's
-/// target/<profile>/deps/. (`cargo test --test x` alone does not rebuild
-/// examples: run `cargo build --examples` first.)
+/// An example's binary, target/<profile>/examples/<name> beside this test's
+/// target/<profile>/deps/. The first call for each name in a test process
+/// runs `cargo build --example <name>` with the test's profile and target
+/// directory, so `cargo test --test x` works alone and never runs a stale
+/// binary; after a plain `cargo test`, which builds the examples first, that
+/// build finds nothing to do.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let exe = std::env::current_exe().unwrap();
-    let dir = exe
+    let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("target/<profile>/deps/<test>");
-    let path = dir.join("examples").join(name);
+    let path = profile_dir.join("examples").join(name);
+    // Held while building: tests of one file wanting the same example wait
+    // for one build.
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let profile = match profile_dir.file_name().and_then(|p| p.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("no profile in {}", profile_dir.display()),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let how = format!("cargo build --profile {profile} --example {name}");
+        let out = std::process::Command::new(&cargo)
+            .args(["build", "--profile", profile, "--example", name])
+            .arg("--manifest-path")
+            .arg(manifest)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running `{how}` ({cargo:?}): {e}"));
+        assert!(
+            out.status.success(),
+            "`{how}` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(name.to_owned());
+    }
     assert!(
         path.exists(),
-        "{} missing: run `cargo test` (or `cargo build --examples`)",
+        "{} missing after `cargo build --example {name}`: build it with this test's \
+         profile and --target, then run the test again",
         path.display()
     );
     path
