@@ -347,8 +347,10 @@ impl Handler for Bomb {
             match self.at {
                 Cb::Data => panic!("boom in Data"),
                 Cb::Backpressure => {
-                    // Far over the high-water mark, to a client that does not read.
-                    let _ = cx.send(id, &vec![0u8; 8 << 20]);
+                    // Far over the high-water mark, to a client that does not
+                    // read: more than loopback's kernel buffers can take even
+                    // fully grown (a few MB each side), under the 64 MiB cap.
+                    let _ = cx.send(id, &vec![0u8; 48 << 20]);
                     return data.len();
                 }
                 _ => {}
