@@ -145,31 +145,38 @@ impl<H: Handler> Calls<H> {
 
 /// Per-connection states by slot. Every connection gets its state from
 /// `Default` when it opens; a datagram socket on its first datagram.
+///
+/// A state without bytes or drop glue (such as `()`) is not looked up:
+/// every value of it is the same value. `Default` is still called for each
+/// connection, and once more when the loop is made, which proves that the
+/// type has values (a reference to a value of a type without any would be
+/// undefined behaviour).
 struct States<S> {
     by_slot: Vec<Option<S>>, // the states, by `ConnId::key`
-    made: bool,              // a state was made: `S` has values
 }
 
 impl<S: Default> States<S> {
     fn new() -> States<S> {
+        if Self::TRIVIAL {
+            // Proof that `S` has values: `get` relies on it.
+            let _ = S::default();
+        }
         States {
             by_slot: Vec::new(),
-            made: false,
         }
     }
 
-    /// True for a state without bytes or drop glue, such as `()`: every
-    /// value is the same value, so none needs looking up.
+    /// True for a state without bytes or drop glue, such as `()`.
     const TRIVIAL: bool = std::mem::size_of::<S>() == 0 && !std::mem::needs_drop::<S>();
 
     /// The state of a live socket (made now if it has none yet).
     #[inline(always)]
     fn get(&mut self, id: ConnId) -> &mut S {
-        if Self::TRIVIAL && self.made {
+        if Self::TRIVIAL {
             // SAFETY: `S` is zero-sized, so a dangling, aligned pointer is a
-            // valid reference to a value of it, provided `S` has values at
-            // all: `made` says `S::default()` has returned one. (Each
-            // connection's own `Default` call still happens, in `fresh`.)
+            // valid reference to a value of it, and `S` has values: `new`
+            // made one. (Each connection's own `Default` call still happens,
+            // in `fresh`.)
             return unsafe { &mut *std::ptr::NonNull::<S>::dangling().as_ptr() };
         }
         let k = id.key as usize;
@@ -182,17 +189,13 @@ impl<S: Default> States<S> {
     #[cold]
     #[inline(never)]
     fn create(&mut self, id: ConnId) -> &mut S {
-        let state = S::default();
-        self.made = true; // after `default` returned: `S` has values
-        self.slot(id).get_or_insert(state)
+        self.slot(id).get_or_insert_with(S::default)
     }
 
     /// A new connection's state, replacing anything a previous occupant of
     /// the slot left.
     fn fresh(&mut self, id: ConnId) -> &mut S {
-        let state = S::default();
-        self.made = true;
-        self.slot(id).insert(state)
+        self.slot(id).insert(S::default())
     }
 
     /// Takes the state of a socket that closed.

@@ -36,7 +36,8 @@ pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>, // (deadline, seq, slot, gen)
     slots: Slab<Slot>,                               // live timers
     seq: u64,                                        // ties fire in the order set
-    gen: u32,                                        // next generation
+    first: u64, // the heap's earliest deadline, live or cancelled (u64::MAX: empty)
+    gen: u32,   // next generation
 }
 
 impl Timers {
@@ -45,6 +46,7 @@ impl Timers {
             heap: BinaryHeap::new(),
             slots: Slab::new(),
             seq: 0,
+            first: u64::MAX,
             gen: 0,
         }
     }
@@ -71,6 +73,7 @@ impl Timers {
     fn push(&mut self, deadline: u64, slot: u32, gen: u32) {
         self.seq += 1;
         self.heap.push(Reverse((deadline, self.seq, slot, gen)));
+        self.first = self.first.min(deadline);
         if self.heap.len() > 64 && self.heap.len() > 2 * self.slots.len() {
             self.rebuild();
         }
@@ -83,6 +86,12 @@ impl Timers {
                 .get(*s as usize)
                 .is_some_and(|slot| slot.gen == *g && slot.deadline == *d)
         });
+        self.refresh_first();
+    }
+
+    /// `first` after the heap's top changed.
+    fn refresh_first(&mut self) {
+        self.first = self.heap.peek().map_or(u64::MAX, |Reverse((d, ..))| *d);
     }
 
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
@@ -105,7 +114,7 @@ impl Timers {
     /// none): a cheap bound to compare the clock with.
     #[inline]
     pub(crate) fn peek(&self) -> u64 {
-        self.heap.peek().map_or(u64::MAX, |Reverse((d, ..))| *d)
+        self.first
     }
 
     /// The earliest live deadline.
@@ -116,6 +125,7 @@ impl Timers {
                 return Some(d);
             }
             self.heap.pop();
+            self.refresh_first();
         }
         None
     }
@@ -127,6 +137,7 @@ impl Timers {
                 return None;
             }
             self.heap.pop();
+            self.refresh_first();
             if !self.is_live(d, s, g) {
                 continue;
             }
@@ -170,6 +181,21 @@ mod tests {
         assert_eq!(t.pop_due(now).map(|x| x.0), Some(c));
         assert!(t.pop_due(now).is_none());
         assert!(!t.cancel(a), "a fired timer cannot be cancelled");
+    }
+
+    #[test]
+    fn peek_follows_the_earliest_deadline() {
+        let mut t = Timers::new();
+        assert_eq!(t.peek(), u64::MAX);
+        let a = t.insert(30, None, TimerKind::User);
+        t.insert(10, None, TimerKind::User);
+        assert_eq!(t.peek(), 10);
+        assert!(t.pop_due(10).is_some());
+        assert_eq!(t.peek(), 30);
+        t.cancel(a);
+        assert_eq!(t.peek(), 30, "a cancelled deadline stays until popped");
+        assert!(t.pop_due(40).is_none());
+        assert_eq!(t.peek(), u64::MAX);
     }
 
     #[test]
