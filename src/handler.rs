@@ -2,63 +2,7 @@
 
 use std::io;
 
-use crate::{Addr, ConnId, Context, TimerId};
-
-/// Why a connection (or datagram socket) closed, as told to
-/// [`Handler::on_close`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The peer closed its side (end of file) and the loop then closed ours,
-    /// after flushing what was queued.
-    PeerClosed,
-    /// Closed locally, by [`Context::close`] or [`Context::abort`].
-    Closed,
-    /// The peer reset the connection, or a write found it gone
-    /// (ECONNRESET, EPIPE).
-    Reset,
-    /// Another socket error; the kind says which.
-    Error(io::ErrorKind),
-    /// No progress for longer than the idle timeout.
-    IdleTimeout,
-    /// The write queue passed [`Config::max_write_queue`](crate::Config::max_write_queue):
-    /// the peer does not read what it is sent.
-    WriteQueueFull,
-    /// Unconsumed input passed [`Config::max_input`](crate::Config::max_input).
-    InputTooLarge,
-    /// Refused: the loop already had [`Config::max_connections`](crate::Config::max_connections).
-    Refused,
-    /// A callback for this connection panicked.
-    Panic,
-    /// The loop stopped and the drain deadline passed before the queue emptied
-    /// (or the stop was immediate).
-    Shutdown,
-    /// Taken out of the loop with [`Context::detach`].
-    Detached,
-}
-
-impl CloseReason {
-    pub(crate) fn from_io(e: &io::Error) -> CloseReason {
-        match e.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
-            k => CloseReason::Error(k),
-        }
-    }
-}
-
-/// Readiness of a file descriptor registered with [`Context::register_fd`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Ready {
-    /// Reading will not block (until it returns WouldBlock).
-    pub readable: bool,
-    /// Writing will not block (until it returns WouldBlock).
-    pub writable: bool,
-    /// The other end closed (hang-up) or the fd reported an error.
-    pub closed: bool,
-}
+use crate::{Addr, CloseReason, ConnId, Context, Ready, TimerId};
 
 /// What a server (or client) does: one method per event, each with a no-op
 /// default, so a handler implements only what it needs.
@@ -210,56 +154,5 @@ pub trait Handler: Sized {
     /// are flushed.
     fn on_stop(&mut self, cx: &mut Context<'_>) {
         let _ = cx;
-    }
-}
-
-/// What a file descriptor registered with [`Context::register_fd`] is
-/// watched for: readable, writable, or both (`READABLE | WRITABLE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interest {
-    readable: bool, // on_fd_ready when a read will not block
-    writable: bool, // on_fd_ready when a write will not block
-}
-
-impl Interest {
-    /// Readiness to read (data, end of file, or an error to read).
-    pub const READABLE: Interest = Interest {
-        readable: true,
-        writable: false,
-    };
-    /// Readiness to write.
-    pub const WRITABLE: Interest = Interest {
-        readable: false,
-        writable: true,
-    };
-
-    /// True if reading is watched.
-    pub fn is_readable(self) -> bool {
-        self.readable
-    }
-
-    /// True if writing is watched.
-    pub fn is_writable(self) -> bool {
-        self.writable
-    }
-
-    pub(crate) fn to_mio(self) -> mio::Interest {
-        match (self.readable, self.writable) {
-            (true, true) => mio::Interest::READABLE | mio::Interest::WRITABLE,
-            (false, true) => mio::Interest::WRITABLE,
-            _ => mio::Interest::READABLE,
-        }
-    }
-}
-
-impl std::ops::BitOr for Interest {
-    type Output = Interest;
-
-    /// Both interests.
-    fn bitor(self, other: Interest) -> Interest {
-        Interest {
-            readable: self.readable || other.readable,
-            writable: self.writable || other.writable,
-        }
     }
 }

@@ -1,13 +1,18 @@
-//! Ids handed to users: a slab key plus a generation.
+//! Ids handed to users: a slot number plus the generation of the slot's
+//! occupant, carried in the poll's token.
 
 use std::fmt;
 
 /// Names one socket in a loop: a connection, a listener, a datagram socket or
 /// a registered file descriptor.
 ///
-/// An id is a slot number plus a generation. Slots are reused, generations are
-/// not: an id kept after its socket closed never reaches the socket that reuses
-/// the slot; operations on it fail with [`Error::Stale`](crate::Error::Stale).
+/// An id is a slot number plus a generation. Each slot counts the sockets it
+/// has held, and a slot is retired before its count could wrap, so no two
+/// ids of one loop are ever equal: an id kept after its socket closed never
+/// reaches a socket that reuses the slot; operations on it fail with
+/// [`Error::Stale`](crate::Error::Stale).
+///
+/// Ids are unique within their loop; two loops hand out equal ids.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     pub(crate) key: u32,
@@ -19,8 +24,7 @@ impl ConnId {
         ConnId { key, gen }
     }
 
-    /// The id as one number, unique within its loop for the loop's lifetime
-    /// (until the generation counter wraps after 2³² sockets).
+    /// The id as one number, unique within its loop for the loop's lifetime.
     pub fn as_u64(self) -> u64 {
         (u64::from(self.gen) << 32) | u64::from(self.key)
     }

@@ -12,6 +12,7 @@ compile_error!("netloop needs a 64-bit target: a connection id (slot and generat
 
 mod addr;
 mod clock;
+mod close;
 mod config;
 mod conn;
 mod context;
@@ -22,18 +23,21 @@ mod framing;
 mod handler;
 mod id;
 mod poller;
+mod readiness;
 mod remote;
 mod sock;
 mod timer;
 
 pub use addr::{Addr, Endpoint, ToEndpoint, Transport, UnixAddr};
+pub use close::CloseReason;
 pub use config::{Config, Stats};
 pub use context::{Context, Detached};
 pub use error::Error;
 pub use event_loop::EventLoop;
 pub use framing::{encode_frame, FrameCodec, FrameError, Frames, LineBuffer, LineCodec, Lines};
-pub use handler::{CloseReason, Handler, Interest, Ready};
+pub use handler::Handler;
 pub use id::{ConnId, TimerId};
+pub use readiness::{Interest, Ready};
 pub use remote::{Handle, SendError};
 pub use sock::{listen_fds, ListenOptions, PeerCred, StdSocket};
 
