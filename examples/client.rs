@@ -167,7 +167,13 @@ impl Handler for Client {
         self.watch_stdin(cx);
     }
 
-    fn on_connect_failed(&mut self, cx: &mut Context<'_>, _: ConnId, err: io::Error) {
+    fn on_connect_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: ConnId,
+        _: Self::Conn,
+        err: io::Error,
+    ) {
         self.fail(cx, format!("cannot connect: {err}"));
     }
 

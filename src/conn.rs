@@ -32,9 +32,11 @@ impl Flags {
     const BLOCKED: u16 = 1 << 8; // the kernel refused a write: wait for WRITABLE
     const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
     const READ_CLOSED: u16 = 1 << 10; // the peer's end of file was seen while not reading
+    const HELD: u16 = 1 << 11; // reading paused by the handler (`Context::pause_reading`)
 
     /// Conditions under which a read loop stops.
-    const NOT_READING: u16 = Self::EOF | Self::PAUSED | Self::CLOSING | Self::CONNECTING;
+    const NOT_READING: u16 =
+        Self::EOF | Self::PAUSED | Self::HELD | Self::CLOSING | Self::CONNECTING;
     /// Conditions under which nothing more may be queued.
     const NO_SEND: u16 = Self::CLOSING | Self::SHUTDOWN | Self::WRITE_SHUT;
 }
@@ -229,6 +231,24 @@ impl Conn {
         }
     }
 
+    /// The handler paused reading (`Context::pause_reading`).
+    pub(crate) fn hold_reading(&mut self) {
+        self.flags.0 |= Flags::HELD;
+    }
+
+    /// The handler resumed reading: true if nothing else holds it (the
+    /// write queue's high-water pause), so the loop reads again now.
+    pub(crate) fn release_reading(&mut self) -> bool {
+        let was = self.flags.0 & Flags::HELD != 0;
+        self.flags.0 &= !Flags::HELD;
+        was && self.flags.0 & Flags::NOT_READING == 0
+    }
+
+    /// True while the handler holds reading paused.
+    pub(crate) fn reading_held(&self) -> bool {
+        self.flags.0 & Flags::HELD != 0
+    }
+
     // ----- Lists the loop keeps -----
 
     /// Marks the connection for the next flush; true if it was not marked
@@ -309,6 +329,20 @@ impl Conn {
         self.output.buf.extend_from_slice(data);
     }
 
+    /// Queues an owned buffer whose first `sent` bytes the kernel already
+    /// took: with nothing queued it becomes the queue (no copy); otherwise
+    /// its unsent bytes are appended.
+    pub(crate) fn push_owned(&mut self, data: Vec<u8>, sent: usize) {
+        if self.output.buf.is_empty() {
+            self.output = Output {
+                buf: data,
+                written: sent,
+            };
+        } else {
+            self.output.buf.extend_from_slice(&data[sent..]);
+        }
+    }
+
     /// True if a send may go straight to the socket: nothing queued, not
     /// connecting, not waiting for WRITABLE.
     pub(crate) fn can_write_now(&self) -> bool {
@@ -321,6 +355,14 @@ impl Conn {
     /// error is left to the flush, which meets it again and closes.
     pub(crate) fn write_direct(&mut self, data: &[u8], now: u64) -> usize {
         let res = self.stream.send(data);
+        self.after_direct(res, now)
+    }
+
+    /// Writes several slices straight to the socket with one `sendmsg`
+    /// (nothing is queued ahead of them); the bytes the kernel took, as
+    /// [`write_direct`](Conn::write_direct).
+    pub(crate) fn write_vectored(&mut self, bufs: &[&[u8]], now: u64) -> usize {
+        let res = self.stream.send_vectored(bufs);
         self.after_direct(res, now)
     }
 

@@ -131,6 +131,38 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// [`connect`](Context::connect) with the connection's state given now,
+    /// instead of `Default`: the handler sees it in
+    /// [`on_open`](crate::Handler::on_open) and every later callback, or
+    /// gets it back in
+    /// [`on_connect_failed`](crate::Handler::on_connect_failed). A relay's
+    /// second leg knows its peer from the start:
+    ///
+    /// ```no_run
+    /// # #![allow(dead_code)]
+    /// # use netloop::{ConnId, Context};
+    /// #[derive(Default)]
+    /// struct Leg { peer: Option<ConnId> }
+    /// # fn f(cx: &mut Context<'_>, client: ConnId) -> std::io::Result<()> {
+    /// let upstream = cx.connect_with("tcp://127.0.0.1:6379", Leg { peer: Some(client) })?;
+    /// # let _ = upstream; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Context::connect); `InvalidInput` if `state` is not of
+    /// the handler's [`Conn`](crate::Handler::Conn) type.
+    pub fn connect_with<S: 'static>(
+        &mut self,
+        addr: impl ToEndpoint,
+        state: S,
+    ) -> io::Result<ConnId> {
+        self.core
+            .check_seed(std::any::TypeId::of::<S>(), std::any::type_name::<S>())?;
+        let id = self.connect(addr)?;
+        self.core.seed(id, Box::new(state));
+        Ok(id)
+    }
+
     /// Queues bytes to send on a stream connection: all of them are
     /// delivered, in order (sendall). The loop writes every connection's queue
     /// once per turn, before it sleeps, so several sends in one turn cost one
@@ -159,6 +191,70 @@ impl<'a> Context<'a> {
     #[inline]
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         self.core.send(id, data)
+    }
+
+    /// [`send`](Context::send) of a buffer the loop may keep: with nothing
+    /// queued it is written at once, and what the kernel leaves becomes the
+    /// queue itself, without a copy (only bytes that follow others already
+    /// queued are copied behind them). For a producer that builds each
+    /// message in a `Vec` anyway.
+    ///
+    /// # Errors
+    /// As [`send`](Context::send).
+    pub fn send_owned(&mut self, id: ConnId, data: Vec<u8>) -> Result<(), Error> {
+        self.core.send_owned(id, data)
+    }
+
+    /// [`send`](Context::send) of several slices as one message (a header
+    /// and a body, say): with nothing queued they are written at once with
+    /// one `sendmsg` (writev) and only what the kernel leaves is copied into
+    /// the queue; otherwise they are appended to it. On a connected datagram
+    /// socket the slices make one datagram.
+    ///
+    /// # Errors
+    /// As [`send`](Context::send).
+    pub fn send_vectored(&mut self, id: ConnId, bufs: &[&[u8]]) -> Result<(), Error> {
+        self.core.send_vectored(id, bufs)
+    }
+
+    /// Stops reading from a connection until
+    /// [`resume_reading`](Context::resume_reading): no
+    /// [`on_data`](crate::Handler::on_data) meanwhile; what the peer sends
+    /// waits in the kernel's buffers, and once they fill, TCP's flow control
+    /// stops the peer. A relay pauses its reading side while the other
+    /// side's queue is long, so memory stays bounded.
+    ///
+    /// The loop pauses reading by itself too, while the connection's own
+    /// write queue is above [`Config::high_water`](crate::Config::high_water);
+    /// both pauses can hold at once, and reading resumes only when neither
+    /// does. A reset (or other socket error) still closes a paused
+    /// connection; the peer's end of file is reported after the data before
+    /// it, once reading resumes.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn pause_reading(&mut self, id: ConnId) -> Result<(), Error> {
+        self.core.pause_reading(id)
+    }
+
+    /// Resumes reading paused by [`pause_reading`](Context::pause_reading):
+    /// the connection is read again before the loop sleeps (unless the
+    /// high-water pause still holds it). Resuming a connection that was not
+    /// paused does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn resume_reading(&mut self, id: ConnId) -> Result<(), Error> {
+        self.core.resume_reading(id)
+    }
+
+    /// True while reading is paused by
+    /// [`pause_reading`](Context::pause_reading).
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn is_reading_paused(&mut self, id: ConnId) -> Result<bool, Error> {
+        self.core.reading_paused(id)
     }
 
     /// Sends one datagram to `to` from a bound datagram socket. When the
@@ -352,6 +448,23 @@ impl<'a> Context<'a> {
         self.core.timers_mut().insert(at, None, TimerKind::User)
     }
 
+    /// Sets a one-shot timer tied to a connection:
+    /// [`Handler::on_conn_timer`](crate::Handler::on_conn_timer) fires after
+    /// `delay` with the connection's id and state, unless the connection
+    /// has closed by then (its timers go with it) or the timer was
+    /// cancelled with [`cancel_timer`](Context::cancel_timer). For request
+    /// timeouts and keep-alive pings.
+    ///
+    /// # Errors
+    /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
+    pub fn set_conn_timer(&mut self, id: ConnId, delay: Duration) -> Result<TimerId, Error> {
+        if !matches!(self.core.entry(id)?, Kind::Conn(_)) {
+            return Err(Error::WrongKind);
+        }
+        let at = clock::now().saturating_add(clock::nanos(delay));
+        Ok(self.core.timers_mut().insert(at, None, TimerKind::Conn(id)))
+    }
+
     /// Sets a periodic timer, first firing after `period`. If the loop falls
     /// a whole period behind, missed ticks are skipped, not fired in a burst.
     pub fn set_interval(&mut self, period: Duration) -> TimerId {
@@ -436,6 +549,24 @@ impl<'a> Context<'a> {
         if is_conn {
             self.core.opened(id);
         }
+        Ok(id)
+    }
+
+    /// [`adopt`](Context::adopt) with the connection's state given now,
+    /// instead of `Default` (see [`connect_with`](Context::connect_with)).
+    ///
+    /// # Errors
+    /// As [`adopt`](Context::adopt); `InvalidInput` if `state` is not of the
+    /// handler's [`Conn`](crate::Handler::Conn) type.
+    pub fn adopt_with<S: 'static>(
+        &mut self,
+        socket: impl Into<StdSocket>,
+        state: S,
+    ) -> io::Result<ConnId> {
+        self.core
+            .check_seed(std::any::TypeId::of::<S>(), std::any::type_name::<S>())?;
+        let id = self.adopt(socket)?;
+        self.core.seed(id, Box::new(state));
         Ok(id)
     }
 

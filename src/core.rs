@@ -368,11 +368,11 @@ pub(crate) enum Accept {
 
 /// The loop's state, reached by callbacks through a `Context`.
 pub(crate) struct Core {
-    poller: Poller,                     // the OS readiness API
-    slots: Slots,                       // every socket, by `ConnId::key`
-    timers: Timers,                     // user and internal timers
-    config: Config,                     // limits
-    stats: Stats,                       // counters
+    poller: Poller,                                // the OS readiness API
+    slots: Slots,                                  // every socket, by `ConnId::key`
+    timers: Timers,                                // user and internal timers
+    config: Config,                                // limits
+    stats: Stats,                                  // counters
     now: u64, // the loop clock (ns), coarse: read when timers are due and on rare paths
     pending: Vec<ConnId>, // connections with output to flush before the next poll
     ready: Vec<ConnId>, // sockets to serve again before blocking (budget cut, resumed, interrupted)
@@ -383,12 +383,20 @@ pub(crate) struct Core {
     emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
     shared: Arc<Shared>, // the waker and flags shared with handles
     zero_copy: ZeroCopy, // the zero-copy reply window of the running `on_data`
+    conn_type: std::any::TypeId, // the handler's `Conn` type, for states given at creation
+    seeded: Vec<(ConnId, Box<dyn std::any::Any>)>, // states given by `connect_with`/`adopt_with`, until the connection opens
 }
 
 impl Core {
     /// The loop's state; `rbuf` is the read buffer the loop reads every
     /// stream into, for as long as it lives (the zero-copy window's).
-    pub(crate) fn new(config: Config, shared: Arc<Shared>, poller: Poller, rbuf: &[u8]) -> Core {
+    pub(crate) fn new(
+        config: Config,
+        shared: Arc<Shared>,
+        poller: Poller,
+        rbuf: &[u8],
+        conn_type: std::any::TypeId,
+    ) -> Core {
         let mut core = Core {
             poller,
             slots: Slots::new(),
@@ -405,6 +413,8 @@ impl Core {
             emfile_logged: None,
             shared,
             zero_copy: ZeroCopy::new(rbuf),
+            conn_type,
+            seeded: Vec::new(),
         };
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
@@ -448,6 +458,35 @@ impl Core {
     }
     pub(crate) fn timers_mut(&mut self) -> &mut Timers {
         &mut self.timers
+    }
+
+    // ----- States given at creation -----
+
+    /// Keeps the state a connection was created with, until the loop hands
+    /// it to the handler. `InvalidInput` if it is not of the handler's
+    /// `Conn` type.
+    pub(crate) fn check_seed(&self, ty: std::any::TypeId, ty_name: &str) -> io::Result<()> {
+        if ty != self.conn_type {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the state given ({ty_name}) is not of the handler's Conn type"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keeps `state` for `id` (its type checked by `check_seed`).
+    pub(crate) fn seed(&mut self, id: ConnId, state: Box<dyn std::any::Any>) {
+        self.seeded.push((id, state));
+    }
+
+    /// The state `id` was created with, if any.
+    pub(crate) fn take_seed(&mut self, id: ConnId) -> Option<Box<dyn std::any::Any>> {
+        if self.seeded.is_empty() {
+            return None;
+        }
+        let i = self.seeded.iter().position(|(s, _)| *s == id)?;
+        Some(self.seeded.swap_remove(i).1)
     }
 
     // ----- The poll -----
@@ -680,7 +719,7 @@ impl Core {
                 return Read::Slow;
             }
             if ready.maybe_read_closed() {
-                note_read_closed(c, ready);
+                return self.not_reading(id, ready);
             }
             return Read::Done;
         }
@@ -701,6 +740,61 @@ impl Core {
             self.zero_copy.open(id);
         }
         Read::Fresh(n)
+    }
+
+    /// An event reported the peer's end of file, or an error, for a
+    /// connection that is not being read (paused, closing, …). The end of
+    /// file is remembered for the read that resumes it; an error (a reset)
+    /// closes it now, paused or not.
+    #[cold]
+    #[inline(never)]
+    fn not_reading(&mut self, id: ConnId, ready: Readiness) -> Read {
+        let Some(c) = self.slots.conn(id) else {
+            return Read::Done;
+        };
+        note_read_closed(c, ready);
+        if ready.error() && !c.is_connecting() {
+            let err = match c.stream().take_error() {
+                Ok(Some(e)) | Err(e) => e,
+                Ok(None) => return Read::Done,
+            };
+            self.close(id, CloseReason::from_io(&err), true);
+            return Read::Failed;
+        }
+        Read::Done
+    }
+
+    /// The handler pauses reading from a connection.
+    pub(crate) fn pause_reading(&mut self, id: ConnId) -> Result<(), Error> {
+        match self.entry(id)? {
+            Kind::Conn(c) => {
+                c.hold_reading();
+                Ok(())
+            }
+            _ => Err(Error::WrongKind),
+        }
+    }
+
+    /// The handler resumes reading: the connection is read again before
+    /// the loop sleeps, unless the high-water pause still holds it.
+    pub(crate) fn resume_reading(&mut self, id: ConnId) -> Result<(), Error> {
+        match self.entry(id)? {
+            Kind::Conn(c) => {
+                if c.release_reading() {
+                    self.mark_ready(id);
+                }
+                Ok(())
+            }
+            _ => Err(Error::WrongKind),
+        }
+    }
+
+    /// True while the handler holds a connection's reading paused.
+    pub(crate) fn reading_paused(&mut self, id: ConnId) -> Result<bool, Error> {
+        match self.entry(id)? {
+            Kind::Conn(c) => Ok(c.reading_held()),
+            _ => Err(Error::WrongKind),
+        }
     }
 
     #[cold]
@@ -817,6 +911,80 @@ impl Core {
             self.settle();
         }
         self.send_queued(id, data)
+    }
+
+    /// Queues an owned buffer: with nothing queued it is written at once
+    /// (large) or becomes the queue; either way without a copy, except of
+    /// what follows bytes already queued.
+    pub(crate) fn send_owned(&mut self, id: ConnId, data: Vec<u8>) -> Result<(), Error> {
+        let now = self.now;
+        let high = self.config.high_water;
+        if self.zero_copy.is(id) {
+            self.settle();
+        }
+        match self.slots.live(id).ok_or(Error::Stale)? {
+            Kind::Conn(c) if c.can_send() => {
+                let mut sent = 0;
+                if data.len() >= DIRECT_SEND && c.can_write_now() {
+                    sent = c.write_direct(&data, now);
+                    self.stats.bytes_written += sent as u64;
+                    if sent == data.len() {
+                        return Ok(());
+                    }
+                }
+                c.push_owned(data, sent);
+                let over = c.queued() > high;
+                self.mark_pending(id);
+                if over {
+                    return self.over_high_water(id);
+                }
+                Ok(())
+            }
+            Kind::Conn(_) => Err(Error::Closing),
+            Kind::Dgram(_) => self.send_dgram(id, &data, None),
+            _ => Err(Error::WrongKind),
+        }
+    }
+
+    /// Queues several slices as one send: with nothing queued they are
+    /// written at once with one `sendmsg` (writev), and what the kernel
+    /// leaves is queued; otherwise they are appended to the queue.
+    pub(crate) fn send_vectored(&mut self, id: ConnId, bufs: &[&[u8]]) -> Result<(), Error> {
+        let now = self.now;
+        if self.zero_copy.is(id) {
+            self.settle();
+        }
+        match self.slots.live(id).ok_or(Error::Stale)? {
+            Kind::Conn(c) if c.can_send() => {
+                let mut skip = 0;
+                if c.can_write_now() {
+                    skip = c.write_vectored(bufs, now);
+                    self.stats.bytes_written += skip as u64;
+                }
+                let mut queued = false;
+                for b in bufs {
+                    if skip >= b.len() {
+                        skip -= b.len(); // sent whole
+                        continue;
+                    }
+                    c.push(&b[skip..]);
+                    skip = 0;
+                    queued = true;
+                }
+                if !queued {
+                    return Ok(());
+                }
+                let over = c.queued() > self.config.high_water;
+                self.mark_pending(id);
+                if over {
+                    return self.over_high_water(id);
+                }
+                Ok(())
+            }
+            Kind::Conn(_) => Err(Error::Closing),
+            Kind::Dgram(_) => self.send_dgram(id, &bufs.concat(), None),
+            _ => Err(Error::WrongKind),
+        }
     }
 
     /// Ends the zero-copy window of the running `on_data`: a recorded reply

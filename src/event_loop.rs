@@ -193,9 +193,16 @@ impl<S: Default> States<S> {
     }
 
     /// A new connection's state, replacing anything a previous occupant of
-    /// the slot left.
-    fn fresh(&mut self, id: ConnId) -> &mut S {
-        self.slot(id).insert(S::default())
+    /// the slot left: `seed` if it was created with one, else `Default`.
+    fn fresh(&mut self, id: ConnId, seed: Option<Box<dyn std::any::Any>>) -> &mut S
+    where
+        S: 'static,
+    {
+        let state = match seed.map(|b| b.downcast::<S>()) {
+            Some(Ok(s)) => *s,
+            _ => S::default(), // (the type was checked when it was given)
+        };
+        self.slot(id).insert(state)
     }
 
     /// Takes the state of a socket that closed.
@@ -244,7 +251,13 @@ impl<H: Handler> EventLoop<H> {
         let shared = Arc::new(Shared::new(waker));
         let (handle, rx) = crate::remote::channel(shared.clone(), config.message_queue);
         let rbuf = vec![0; READ_BUF].into_boxed_slice();
-        let core = Core::new(config, shared, poller, &rbuf);
+        let core = Core::new(
+            config,
+            shared,
+            poller,
+            &rbuf,
+            std::any::TypeId::of::<H::Conn>(),
+        );
         Ok(EventLoop {
             core,
             calls: Calls {
@@ -744,7 +757,7 @@ impl<H: Handler> EventLoop<H> {
             let _ = self.core.close_graceful(id, CloseReason::Refused);
         } else {
             self.calls.call(&mut self.core, Some(id), |h, cx, st| {
-                h.on_open(cx, id, st.fresh(id))
+                h.on_open(cx, id, st.fresh(id, None))
             });
         }
         self.dispatch_notices();
@@ -804,15 +817,23 @@ impl<H: Handler> EventLoop<H> {
                 }
                 Notice::ConnectFailed(id, err) => {
                     self.core.free(id);
-                    self.calls.states.take(id);
+                    let seed = self.core.take_seed(id);
+                    let state = match self.calls.states.take(id) {
+                        Some(s) => s,
+                        None => match seed.map(|b| b.downcast::<H::Conn>()) {
+                            Some(Ok(s)) => *s,
+                            _ => H::Conn::default(),
+                        },
+                    };
                     self.calls.call(&mut self.core, None, |h, cx, _| {
-                        h.on_connect_failed(cx, id, err)
+                        h.on_connect_failed(cx, id, state, err)
                     });
                 }
                 Notice::Open(id) => {
                     if self.core.entry(id).is_ok() {
+                        let seed = self.core.take_seed(id);
                         self.calls.call(&mut self.core, Some(id), |h, cx, st| {
-                            h.on_open(cx, id, st.fresh(id))
+                            h.on_open(cx, id, st.fresh(id, seed))
                         });
                     }
                 }
@@ -867,6 +888,16 @@ impl<H: Handler> EventLoop<H> {
                     self.core.sweep_idle(&mut scratch);
                     self.scratch = scratch;
                     self.dispatch_notices();
+                }
+                TimerKind::Conn(id) => {
+                    // Never after the connection closed (its timers go with it).
+                    if self.core.conn(id).is_some() {
+                        self.core.stats_mut().timers_fired += 1;
+                        self.calls.call(&mut self.core, Some(id), |h, cx, st| {
+                            h.on_conn_timer(cx, id, st.get(id), timer)
+                        });
+                        self.dispatch_notices();
+                    }
                 }
                 TimerKind::DrainDeadline => {
                     if self.core.stop_state().draining() {

@@ -26,7 +26,7 @@ pub trait Handler: Sized {
     /// Per-connection state, created with `Default` when a connection opens
     /// (or a datagram socket is bound) and handed back by value to
     /// [`on_close`](Handler::on_close). Use `()` for none.
-    type Conn: Default;
+    type Conn: Default + 'static;
     /// Messages other threads send into the loop through a
     /// [`Handle`](crate::Handle). Use `()` for none.
     type Msg: Send + 'static;
@@ -41,8 +41,16 @@ pub trait Handler: Sized {
     /// An outbound connection could not be made: `err` is what `connect`
     /// would have returned (ECONNREFUSED, ETIMEDOUT, …). The id is dead
     /// afterwards; [`on_close`](Handler::on_close) is not called for it.
-    fn on_connect_failed(&mut self, cx: &mut Context<'_>, id: ConnId, err: io::Error) {
-        let _ = (cx, id);
+    /// Its state is handed back: the one given to
+    /// [`Context::connect_with`], or a `Default` one.
+    fn on_connect_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        conn: Self::Conn,
+        err: io::Error,
+    ) {
+        let _ = (cx, id, conn);
         log::debug!("connect {id} failed: {err}");
     }
 
@@ -136,6 +144,19 @@ pub trait Handler: Sized {
     /// A timer set with [`Context::set_timer`] or [`Context::set_interval`] fired.
     fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) {
         let _ = (cx, timer);
+    }
+
+    /// A connection's own timer, set with [`Context::set_conn_timer`],
+    /// fired. Never called after the connection closed: its timers go
+    /// with it.
+    fn on_conn_timer(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        conn: &mut Self::Conn,
+        timer: TimerId,
+    ) {
+        let _ = (cx, id, conn, timer);
     }
 
     /// A message arrived from another thread through a [`Handle`](crate::Handle).

@@ -73,6 +73,12 @@ impl Stream {
         send_on(self.fd(), buf)
     }
 
+    /// `sendmsg` of several slices at once, without SIGPIPE.
+    pub(crate) fn send_vectored(&self, bufs: &[&[u8]]) -> io::Result<usize> {
+        let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        SockRef::from(self).send_vectored_with_flags(&slices, SEND_FLAGS)
+    }
+
     /// Shuts the write side (the peer reads end of file).
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         SockRef::from(self).shutdown(std::net::Shutdown::Write)

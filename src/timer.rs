@@ -23,6 +23,8 @@ pub(crate) enum TimerKind {
     IdleSweep,
     /// A graceful stop's drain deadline.
     DrainDeadline,
+    /// A connection's timer: `on_conn_timer` fires while it is open.
+    Conn(ConnId),
 }
 
 struct Slot {

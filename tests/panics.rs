@@ -331,7 +331,13 @@ impl Handler for Bomb {
         }
     }
 
-    fn on_connect_failed(&mut self, _: &mut Context<'_>, _: ConnId, _: std::io::Error) {
+    fn on_connect_failed(
+        &mut self,
+        _: &mut Context<'_>,
+        _: ConnId,
+        _: Self::Conn,
+        _: std::io::Error,
+    ) {
         self.boom(Cb::ConnectFailed);
     }
 

@@ -48,8 +48,14 @@ impl<H: Handler<Msg = ()>> Handler for Probe<H> {
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut H::Conn) {
         self.0.on_open(cx, id, conn)
     }
-    fn on_connect_failed(&mut self, cx: &mut Context<'_>, id: ConnId, err: std::io::Error) {
-        self.0.on_connect_failed(cx, id, err)
+    fn on_connect_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        c: H::Conn,
+        err: std::io::Error,
+    ) {
+        self.0.on_connect_failed(cx, id, c, err)
     }
     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, c: &mut H::Conn, d: &[u8]) -> usize {
         self.0.on_data(cx, id, c, d)

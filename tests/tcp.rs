@@ -198,7 +198,13 @@ impl Handler for Connector {
         self.outcome.send(Ok(())).unwrap();
         cx.stop();
     }
-    fn on_connect_failed(&mut self, cx: &mut Context<'_>, _: ConnId, err: std::io::Error) {
+    fn on_connect_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: ConnId,
+        _: Self::Conn,
+        err: std::io::Error,
+    ) {
         self.outcome.send(Err(err.kind())).unwrap();
         cx.stop();
     }

@@ -293,7 +293,13 @@ impl Handler for Dial {
         self.got.extend_from_slice(data);
         cx.stop();
     }
-    fn on_connect_failed(&mut self, _: &mut Context<'_>, _: ConnId, err: std::io::Error) {
+    fn on_connect_failed(
+        &mut self,
+        _: &mut Context<'_>,
+        _: ConnId,
+        _: Self::Conn,
+        err: std::io::Error,
+    ) {
         panic!("connect failed: {err}");
     }
 }

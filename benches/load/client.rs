@@ -623,7 +623,13 @@ impl Handler for Client {
         }
     }
 
-    fn on_connect_failed(&mut self, cx: &mut Context<'_>, id: ConnId, err: std::io::Error) {
+    fn on_connect_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        _: Self::Conn,
+        err: std::io::Error,
+    ) {
         let Some(i) = self.lookup(id) else { return };
         let now = cx.now();
         self.slots[i].id = None;

@@ -48,6 +48,12 @@ impl Readiness {
         self.0 & (EP_ERR | EP_HUP | EP_RDHUP) != 0
     }
 
+    /// The socket has an error to collect (EPOLLERR).
+    #[inline]
+    pub(crate) fn error(self) -> bool {
+        self.0 & EP_ERR != 0
+    }
+
     /// The peer will send nothing more (EPOLLHUP, or EPOLLIN with
     /// EPOLLRDHUP), or the socket has an error (EPOLLERR).
     #[inline]

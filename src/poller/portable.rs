@@ -59,6 +59,12 @@ impl Readiness {
         self.0 & (RC | ERR) != 0
     }
 
+    /// The socket has an error to collect.
+    #[inline]
+    pub(crate) fn error(self) -> bool {
+        self.0 & ERR != 0
+    }
+
     /// The peer will send nothing more, or the socket has an error.
     #[inline]
     pub(crate) fn read_closed(self) -> bool {
