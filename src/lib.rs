@@ -22,6 +22,7 @@ mod framing;
 mod handler;
 mod id;
 mod poller;
+mod proxy_protocol;
 mod remote;
 mod sock;
 mod timer;
@@ -34,6 +35,10 @@ pub use event_loop::EventLoop;
 pub use framing::{encode_frame, FrameCodec, FrameError, Frames, LineBuffer, LineCodec, Lines};
 pub use handler::{CloseReason, Handler, Interest, Ready};
 pub use id::{ConnId, TimerId};
+pub use proxy_protocol::{
+    encode_proxy_v1, encode_proxy_v2, encode_proxy_v2_local, parse_proxy_header, Parsed,
+    ProxyCommand, ProxyError, ProxyHeader, ProxyParser, ProxyTlvs, ProxyTransport, SocketKind,
+};
 pub use remote::{Handle, SendError};
 pub use sock::{listen_fds, ListenOptions, PeerCred, StdSocket};
 
