@@ -23,6 +23,7 @@ mod framing;
 mod handler;
 mod id;
 mod poller;
+pub mod proxy_protocol;
 mod readiness;
 mod remote;
 mod sock;
