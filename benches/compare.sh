@@ -54,13 +54,16 @@ for a in "$@"; do
     esac
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$rounds'"
-if [ -n "$budget" ]; then
-    [[ $budget =~ ^[1-9][0-9]*$ ]] || die "BUDGET must be a percentage of one core (1, 2, ...), not '$budget'"
-fi
 [ "$(nproc)" -ge 2 ] || die "needs two CPUs (server on CPU 0, load on CPU 1)"
 for s in $servers; do
     case $s in netloop | epoll | mio | tokio) ;; *) die "unknown server '$s' (netloop, epoll, mio, tokio)" ;; esac
 done
+
+# ----- The CPU budget -----
+# shellcheck source=benches/budget.sh
+. benches/budget.sh
+[ -n "$budget" ] && budget_setup "$budget" netloop-compare
+trap budget_cleanup EXIT
 
 # ----- Build -----
 echo "building (release) ..." >&2
@@ -80,42 +83,16 @@ command_of() { # command_of SERVER PORT: the command line that starts it
     esac
 }
 
-# ----- The CPU budget -----
-cg=""
-cleanup_cgroup() {
-    [ -n "$cg" ] && [ -d "$cg" ] && rmdir "$cg" 2>/dev/null || true
-}
-if [ -n "$budget" ]; then
-    quota=$((budget * 1000)) # microseconds per 100 ms period
-    if grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
-        # cgroup v2: the cpu controller must be enabled for the root's children.
-        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
-            echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
-        cg=/sys/fs/cgroup/netloop-compare.$$
-        if ! mkdir "$cg" 2>/dev/null || ! echo "$quota 100000" >"$cg/cpu.max" 2>/dev/null; then
-            cleanup_cgroup
-            die "BUDGET=$budget: cannot create a cgroup with a CPU quota under /sys/fs/cgroup (cgroup v2 not writable: run as root, outside a container that hides it)"
-        fi
-    elif [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
-        # cgroup v1's cpu controller (a hybrid hierarchy whose v2 part has no cpu).
-        cg=/sys/fs/cgroup/cpu/netloop-compare.$$
-        if ! mkdir "$cg" 2>/dev/null || ! echo 100000 >"$cg/cpu.cfs_period_us" 2>/dev/null ||
-            ! echo "$quota" >"$cg/cpu.cfs_quota_us" 2>/dev/null; then
-            cleanup_cgroup
-            die "BUDGET=$budget: cannot create a cgroup with a CPU quota under /sys/fs/cgroup/cpu (not writable: run as root)"
-        fi
-    else
-        die "BUDGET=$budget: no cgroup CPU controller found (neither /sys/fs/cgroup/cgroup.controllers with cpu nor /sys/fs/cgroup/cpu)"
-    fi
-fi
-
 # ----- One run -----
 results=$(mktemp)
 logs=$(mktemp -d)
 server_pid=""
 sampler_pid=""
 stop_server() {
-    [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null && wait "$sampler_pid" 2>/dev/null || true
+    if [ -n "$sampler_pid" ]; then
+        kill "$sampler_pid" 2>/dev/null || true
+        wait "$sampler_pid" 2>/dev/null || true
+    fi
     sampler_pid=""
     if [ -n "$server_pid" ]; then
         kill -TERM "$server_pid" 2>/dev/null || true
@@ -123,7 +100,7 @@ stop_server() {
     fi
     server_pid=""
 }
-trap 'stop_server; cleanup_cgroup; rm -rf "$results" "$logs"' EXIT
+trap 'stop_server; budget_cleanup; rm -rf "$results" "$logs"' EXIT
 trap 'exit 130' INT TERM
 
 sample() { # sample PID: "seconds cpu_ticks" of the process every 50 ms until killed
@@ -147,9 +124,7 @@ run() { # run ROUND SERVER PORT LOAD_OPTIONS...
         kill -0 "$server_pid" 2>/dev/null || die "$server did not start: $(cat "$log.server")"
         sleep 0.05
     done
-    if [ -n "$cg" ]; then
-        echo "$server_pid" >"$cg/cgroup.procs" || die "cannot move $server into $cg"
-    fi
+    [ -n "$budget" ] && budget_add "$server_pid"
     sample "$server_pid" >"$log.cpu" &
     sampler_pid=$!
     taskset -pc 1 "$sampler_pid" >/dev/null # off the server's CPU
@@ -191,7 +166,7 @@ port_of() { local p; for p in "${ports[@]}"; do [ "${p%%:*}" = "$1" ] && echo "$
 echo "compare: servers on CPU 0${budget:+ with a budget of $budget% of it}, load on CPU 1; load options: ${*:-(defaults)}; $rounds rounds" >&2
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "round server msg/s bytes/s errors server_cpu_us/msg server_cpu_% client_saturated" >&2
-order=($servers)
+read -ra order <<<"$servers"
 for round in $(seq "$rounds"); do
     if [ $((round % 2)) = 0 ]; then
         list=()
