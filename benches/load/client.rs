@@ -7,6 +7,12 @@
 //! against the pattern at the offset they should have, however the reads
 //! split them. A lost, duplicated, reordered or foreign byte shows up as a
 //! mismatch.
+//!
+//! The firehose (`Plan::firehose`) writes each stream without waiting for
+//! replies: a chunk of whole messages at a time, as long as the kernel takes
+//! them and at most one chunk waits in the loop's own queue; what comes back
+//! is checked the same way, and each message is timed from its chunk's write
+//! to the arrival of its last echoed byte.
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
@@ -22,6 +28,15 @@ pub const PERIOD: usize = 65_521;
 const SWEEP: Duration = Duration::from_millis(20);
 /// How long a failed connect waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
+/// Firehose: the bytes of one write, rounded down to whole messages (at
+/// least one). 64 KiB: large enough to go straight to the socket without a
+/// copy into the loop's queue (netloop writes sends of 16 KiB and more
+/// directly when nothing is queued).
+const CHUNK: usize = 64 * 1024;
+/// Firehose: most bytes one connection writes per call of `fill`, so that a
+/// fast server cannot keep one connection writing while the others wait;
+/// the next arriving echo (or the tick) fills it again.
+const FILL_MAX: usize = 1024 * 1024;
 
 /// What every load thread does: read-only, shared.
 #[derive(Debug)]
@@ -31,12 +46,18 @@ pub struct Plan {
     pub depth: usize,      // closed loop: messages in flight per connection
     pub rate: Option<f64>, // open loop: messages per second, all threads together
     pub churn: bool,       // connect, one round trip, close, again
+    pub firehose: bool,    // write continuously, whatever the replies do
     pub timeout: Duration, // a reply (or a connect) later than this is an error
 }
 
 impl Plan {
     fn stream(&self) -> bool {
         self.target.transport.is_stream()
+    }
+
+    /// Firehose: bytes per write, whole messages.
+    pub fn chunk(&self) -> usize {
+        self.size * (CHUNK / self.size).max(1)
     }
 }
 
@@ -157,7 +178,7 @@ fn matches(pat: &[u8], seed: usize, offset: u64, data: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy)]
 struct Flight {
     at: Instant, // latency is measured from here
-    seq: u64,    // datagrams: which message, to match the reply
+    seq: u64,    // datagrams: which message, to match the reply; firehose: the chunk's end offset
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,8 +198,9 @@ struct Slot {
     seed: usize,                // where in the pattern this stream starts
     sent: u64,                  // streams: bytes sent; datagrams: messages sent
     recvd: u64,                 // streams: bytes received and checked
-    inflight: VecDeque<Flight>, // messages awaiting their echo, oldest first
+    inflight: VecDeque<Flight>, // messages (firehose: chunks) awaiting their echo, oldest first
     started: Instant,           // when the current connect began
+    progress: Instant,          // firehose: when bytes last came back (or the connection opened)
     settled: bool,              // the first connect has opened or failed
 }
 
@@ -204,6 +226,25 @@ impl Meter {
             self.hist.saturating_record(ns.max(1));
             self.messages += 1;
             self.bytes += size as u64;
+        }
+    }
+
+    /// Firehose: `n` messages sent at `at` completed now (their bytes are
+    /// counted as they arrive, by `echoed`).
+    #[inline]
+    fn complete_n(&mut self, now: Instant, at: Instant, n: u64) {
+        if self.inside(now) {
+            let ns = now.saturating_duration_since(at).as_nanos() as u64;
+            let _ = self.hist.record_n(ns.max(1), n);
+            self.messages += n;
+        }
+    }
+
+    /// Firehose: `n` echoed bytes arrived now.
+    #[inline]
+    fn echoed(&mut self, now: Instant, n: usize) {
+        if self.inside(now) {
+            self.bytes += n as u64;
         }
     }
 }
@@ -274,11 +315,16 @@ pub fn run(
             recvd: 0,
             inflight: VecDeque::with_capacity(plan.depth.max(4)),
             started: now,
+            progress: now,
             settled: false,
         })
         .collect();
     let client = Client {
-        pat: pattern(plan.size),
+        pat: pattern(if plan.firehose {
+            plan.chunk()
+        } else {
+            plan.size
+        }),
         rate,
         slots,
         owner: Vec::new(),
@@ -305,13 +351,19 @@ pub fn run(
         timer: None,
         plan: plan.clone(),
     };
-    let config = Config {
+    let mut config = Config {
         // The bench decides what is too slow (--timeout), not an idle sweep.
         idle_timeout: None,
         max_connections: conns + 64,
         events_capacity: 4096,
         ..Config::default()
     };
+    if plan.firehose {
+        // A writer that never waits for replies must not have its reading
+        // paused by its own write queue (both sides would then stop for
+        // good); `fill` bounds that queue itself.
+        config.high_water = usize::MAX;
+    }
     let mut event_loop = EventLoop::with_config(client, config)?;
     let _ = handle_tx.send(event_loop.handle());
     // The tick drives timeouts and the per-second report; the open-loop
@@ -441,7 +493,7 @@ impl Client {
 
     /// Closed loop: brings slot `i` back to `depth` messages in flight.
     fn refill(&mut self, cx: &mut Context<'_>, i: usize) {
-        if self.plan.rate.is_some() || self.plan.churn {
+        if self.plan.rate.is_some() || self.plan.churn || self.plan.firehose {
             return;
         }
         let missing = self.plan.depth.saturating_sub(self.slots[i].inflight.len());
@@ -455,6 +507,64 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Firehose: writes slot `i`'s stream on, a chunk at a time, while the
+    /// kernel takes it all (nothing stays queued in the loop), at most
+    /// `FILL_MAX` bytes per call. A chunk the kernel took only in part leaves
+    /// the rest queued: the loop writes it once the socket is writable, and
+    /// `on_drain` calls this again.
+    fn fill(&mut self, cx: &mut Context<'_>, i: usize) {
+        let chunk = self.plan.chunk();
+        let slot = &mut self.slots[i];
+        let Some(id) = slot.id else { return };
+        if slot.phase != Phase::Open {
+            return;
+        }
+        let mut written = 0;
+        while written < FILL_MAX && matches!(cx.queued(id), Ok(0)) {
+            let start = ((slot.seed as u64 + slot.sent) % PERIOD as u64) as usize;
+            if cx.send(id, &self.pat[start..start + chunk]).is_err() {
+                // Closing (a reset): its on_close counts it and reconnects.
+                return;
+            }
+            slot.sent += chunk as u64;
+            // The clock now: the chunk went to the kernel (or the queue) now.
+            slot.inflight.push_back(Flight {
+                at: Instant::now(),
+                seq: slot.sent,
+            });
+            written += chunk;
+        }
+    }
+
+    /// Firehose: `data` (offset `slot.recvd` of slot `i`'s stream) checked
+    /// and counted: the messages it completes are timed from their chunk's
+    /// write. False if the stream is out of step.
+    fn firehose_data(&mut self, now: Instant, i: usize, data: &[u8]) -> bool {
+        let size = self.plan.size as u64;
+        let slot = &mut self.slots[i];
+        let end = slot.recvd + data.len() as u64;
+        if end > slot.sent || !matches(&self.pat, slot.seed, slot.recvd, data) {
+            return false;
+        }
+        self.meter.echoed(now, data.len());
+        let (mut done, last) = (slot.recvd / size, end / size);
+        slot.recvd = end;
+        slot.progress = now;
+        // Each message belongs to the chunk holding its last byte.
+        while let Some(f) = slot.inflight.front().copied() {
+            let upto = last.min(f.seq / size);
+            if upto > done {
+                self.meter.complete_n(now, f.at, upto - done);
+                done = upto;
+            }
+            if f.seq > end {
+                break;
+            }
+            slot.inflight.pop_front();
+        }
+        true
     }
 
     /// Open loop: sends every message that is due, each timed from when it
@@ -508,6 +618,19 @@ impl Client {
                 Phase::Connecting if now.saturating_duration_since(slot.started) > timeout => {
                     self.connect_failed(now, i, &"connect timed out");
                     self.replace(cx, i);
+                }
+                Phase::Open if self.plan.firehose => {
+                    // Stuck: bytes owed and none back for --timeout. (A
+                    // chunk's age is no measure: it queues behind the
+                    // kernel's buffers, however full.)
+                    if slot.recvd < slot.sent
+                        && now.saturating_duration_since(slot.progress) > timeout
+                    {
+                        self.error(now, |e| &mut e.timeout);
+                        self.replace(cx, i);
+                    } else {
+                        self.fill(cx, i);
+                    }
                 }
                 Phase::Open => {
                     let overdue = |f: &Flight| now.saturating_duration_since(f.at) > timeout;
@@ -618,8 +741,19 @@ impl Handler for Client {
             // Timed from the connect: a churn round trip includes the handshake.
             let at = self.slots[i].started;
             self.send(cx, i, at);
+        } else if self.plan.firehose {
+            self.slots[i].progress = Instant::now();
+            self.fill(cx, i);
         } else {
             self.refill(cx, i);
+        }
+    }
+
+    fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        if self.plan.firehose && !self.ended {
+            if let Some(i) = self.lookup(id) {
+                self.fill(cx, i);
+            }
         }
     }
 
@@ -642,6 +776,15 @@ impl Handler for Client {
             return data.len();
         };
         let now = cx.now();
+        if self.plan.firehose {
+            if self.firehose_data(now, i, data) {
+                self.fill(cx, i);
+            } else {
+                self.error(now, |e| &mut e.mismatch);
+                self.replace(cx, i);
+            }
+            return data.len();
+        }
         let size = self.plan.size as u64;
         let slot = &mut self.slots[i];
         let end = slot.recvd + data.len() as u64;

@@ -2,8 +2,9 @@
 //
 // A load generator for echo servers, built on netloop's own client side:
 // closed loop (ping-pong or pipelined), open loop at a fixed rate with
-// latency timed from each message's intended send time, and connection
-// churn, over TCP, UDP and Unix sockets. Every echoed byte is checked.
+// latency timed from each message's intended send time, connection churn,
+// and a firehose (streams written as fast as the kernel takes them), over
+// TCP, UDP and Unix sockets. Every echoed byte is checked.
 // Without --addr it starts a netloop echo server in-process. See README,
 // "Measuring throughput".
 
@@ -29,7 +30,8 @@ use client::{Errors, Plan, Report};
 /// comes back, in order (reassembled across reads). Closed loop (the
 /// default) keeps --depth messages in flight per connection; --rate switches
 /// to an open loop that sends on a fixed schedule whatever the replies do;
-/// --churn measures new connections per second instead. Connections open
+/// --firehose writes each stream as fast as the kernel takes it; --churn
+/// measures new connections per second instead. Connections open
 /// before the clock starts, then --warmup seconds run unmeasured, then
 /// --duration seconds are measured. Without options (as under `cargo bench`)
 /// it runs a suite against an in-process echo server and prints a table.
@@ -42,11 +44,17 @@ use client::{Errors, Plan, Report};
       cargo bench --bench load -- --connections 50 --size 512    # in-process netloop echo\n  \
       cargo bench --bench load -- --addr tcp://127.0.0.1:7000 --depth 16 --duration 10\n  \
       cargo bench --bench load -- --addr udp://127.0.0.1:7000 --rate 50000 --json\n  \
-      cargo bench --bench load -- --addr unix:///tmp/echo.sock --churn --csv timeline.csv\n\n\
+      cargo bench --bench load -- --addr unix:///tmp/echo.sock --churn --csv timeline.csv\n  \
+      cargo bench --bench load -- --addr tcp://127.0.0.1:7000 --firehose --size 512\n\n\
       Figures: msg/s counts round trips completed inside the window; MiB/s the\n\
       echoed bytes of those (one direction); latency from send to the last\n\
       echoed byte (open loop: from when the message was due). Errors count the\n\
-      whole run, ramp-up and warmup included."
+      whole run, ramp-up and warmup included.\n\n\
+      --firehose: msg/s is echoed bytes / --size (whole messages echoed), MiB/s\n\
+      the echoed bytes; latency runs from the write of the chunk holding a\n\
+      message (handed to the kernel) to the arrival of its last echoed byte: it\n\
+      measures how long bytes queue in the kernel's buffers at that throughput,\n\
+      not a server's response time."
 )]
 struct Args {
     /// Server to load: tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH, unix://@NAME,
@@ -89,6 +97,15 @@ struct Args {
     /// Reported as connections per second; latency includes the connect.
     #[arg(long, conflicts_with_all = ["rate", "depth"])]
     churn: bool,
+
+    /// Firehose: each connection writes continuously, whole messages in
+    /// chunks of up to 64 KiB, as fast as the kernel's buffers take them and
+    /// never waiting for replies, and reads whatever comes back, checking
+    /// every byte. msg/s is echoed bytes / --size; latency is from a
+    /// message's write to the arrival of its echo (mostly time queued in the
+    /// kernel's buffers). Streams only (tcp, unix).
+    #[arg(long, conflicts_with_all = ["rate", "depth", "churn"])]
+    firehose: bool,
 
     /// Seconds measured.
     #[arg(long, short = 'd', value_name = "S", default_value_t = 10.0, value_parser = positive)]
@@ -213,6 +230,8 @@ impl Outcome {
         let a = &self.args;
         if a.churn {
             "churn".into()
+        } else if a.firehose {
+            "firehose".into()
         } else if let Some(r) = a.rate {
             format!("open loop {r} msg/s")
         } else if a.depth == 1 {
@@ -290,6 +309,11 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
     ) {
         return Err(format!("cannot load {url}"));
     }
+    if args.firehose && !target.transport.is_stream() {
+        return Err(format!(
+            "--firehose needs a stream (tcp:// or unix://), not {url}"
+        ));
+    }
     // One descriptor per connection, two with the server in-process, and some
     // for the loops themselves.
     let need = conns as u64 * if server.is_some() { 2 } else { 1 } + 64;
@@ -306,6 +330,7 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
         depth: args.depth as usize,
         rate: args.rate,
         churn: args.churn,
+        firehose: args.firehose,
         timeout: Duration::from_secs_f64(args.timeout),
     });
     let threads = (args.threads as usize).min(conns);
@@ -518,6 +543,8 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
 fn mode_of(args: &Args) -> String {
     if args.churn {
         "churn".into()
+    } else if args.firehose {
+        "firehose".into()
     } else if let Some(r) = args.rate {
         format!("open loop at {} msg/s", group(r))
     } else if args.depth == 1 {
@@ -708,6 +735,7 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         size: u32,
         depth: u32,
         churn: bool,
+        firehose: bool,
     }
     let case = |name, transport, connections, size, depth, churn| Case {
         name,
@@ -716,6 +744,11 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         size,
         depth,
         churn,
+        firehose: false,
+    };
+    let firehose = |name, transport, connections, size| Case {
+        firehose: true,
+        ..case(name, transport, connections, size, 1, false)
     };
     let cases = [
         case("tcp ping-pong", "tcp", 1, 64, 1, false),
@@ -727,6 +760,8 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         case("tcp pipelined", "tcp", 50, 64, 16, false),
         case("tcp 4 KiB", "tcp", 50, 4096, 1, false),
         case("tcp 64 KiB", "tcp", 50, 65536, 1, false),
+        firehose("tcp firehose", "tcp", 50, 512),
+        firehose("tcp firehose", "tcp", 1, 65536),
         case("tcp churn", "tcp", 50, 64, 1, true),
         case("udp ping-pong", "udp", 50, 64, 1, false),
         case("unix ping-pong", "unix", 50, 64, 1, false),
@@ -778,6 +813,7 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
             depth: c.depth,
             rate: None,
             churn: c.churn,
+            firehose: c.firehose,
             duration,
             warmup,
             json: false,
@@ -794,7 +830,7 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
                     c.name,
                     c.connections,
                     c.size,
-                    if c.churn { "-".to_string() } else { c.depth.to_string() },
+                    if c.churn || c.firehose { "-".to_string() } else { c.depth.to_string() },
                     group(o.rate()) + if c.churn { " c" } else { "" },
                     o.bytes as f64 / o.duration / (1024.0 * 1024.0),
                     l.p50,
@@ -815,7 +851,8 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
         let _ = std::io::stdout().flush();
     }
     println!(
-        "\nmsg/s: round trips per second (\"c\": connections per second, each one connect + one round trip + close).\n\
+        "\nmsg/s: round trips per second (\"c\": connections per second, each one connect + one round trip + close;\n\
+         firehose: echoed bytes / size, latency from a message's write to its echo, mostly kernel buffering).\n\
          cli%, srv%: CPU use of the load thread and of the echo server thread, % of one core;\n\
          \"!\": the generator was saturated, so the row is a limit of this machine (client and\n\
          server together), not of the server alone; `--threads` and a remote --addr lift it."
