@@ -48,9 +48,13 @@ peers=$(cd "$target/peers" && pwd)
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 
+load_opts=()
 for a in "$@"; do
     case $a in
-    --addr | --addr=* | --suite | --csv | --csv=*) die "$a is not for compare.sh: it picks the servers itself" ;;
+    --addr | --addr=* | --suite | --csv | --csv=* | --transport | --transport=*)
+        die "$a is not for compare.sh: it picks the servers itself" ;;
+    --json | --quiet | -q) ;; # added anyway
+    *) load_opts+=("$a") ;;
     esac
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$rounds'"
@@ -163,7 +167,7 @@ for s in $servers; do
 done
 port_of() { local p; for p in "${ports[@]}"; do [ "${p%%:*}" = "$1" ] && echo "${p#*:}"; done; }
 
-echo "compare: servers on CPU 0${budget:+ with a budget of $budget% of it}, load on CPU 1; load options: ${*:-(defaults)}; $rounds rounds" >&2
+echo "compare: servers on CPU 0${budget:+ with a budget of $budget% of it}, load on CPU 1; load options: ${load_opts[*]:-(defaults)}; $rounds rounds" >&2
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "round server msg/s bytes/s errors server_cpu_us/msg server_cpu_% client_saturated" >&2
 read -ra order <<<"$servers"
@@ -175,12 +179,12 @@ for round in $(seq "$rounds"); do
         list=("${order[@]}")
     fi
     for s in "${list[@]}"; do
-        run "$round" "$s" "$(port_of "$s")" "$@" >&2
+        run "$round" "$s" "$(port_of "$s")" "${load_opts[@]}" >&2
     done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$results" "${budget:-}" "$*" <<'PY'
+python3 - "$results" "${budget:-}" "${load_opts[*]}" <<'PY'
 import collections, statistics, sys
 path, budget, opts = sys.argv[1:]
 rows = collections.defaultdict(list)

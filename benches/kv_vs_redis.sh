@@ -29,7 +29,7 @@ taskset -c 0 redis-server --port 6390 --save '' --appendonly no --daemonize no >
 redis=$!
 RUST_LOG=warn taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/examples/kv" --listen tcp://127.0.0.1:6380 &
 kv=$!
-trap 'kill -TERM $redis $kv; wait; rm -f "$results"; budget_cleanup' EXIT
+trap 'kill -TERM $redis $kv 2>/dev/null || true; wait || true; rm -f "$results"; budget_cleanup' EXIT
 for port in 6390 6380; do
     for _ in $(seq 100); do redis-cli -p $port ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
