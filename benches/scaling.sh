@@ -21,7 +21,10 @@
 # the busiest loop thread with the idlest. "quota used" is the server's CPU
 # over the run as a share of its quota: well below 100%, the server was not
 # the bottleneck (the load generator or the machine was), and that count's
-# msg/s is a lower bound on what the server can do.
+# msg/s is a lower bound on what the server can do. "us CPU/msg" is the
+# server's CPU over the whole run (connects and warm-up too) per message
+# measured: an upper bound, alike for every run, that does not depend on
+# who the bottleneck was.
 #
 # Run from the project root, as root for MODE=budget (it makes a cgroup):
 #   benches/scaling.sh                                  # ping-pong
@@ -132,7 +135,8 @@ for r in $(seq "$rounds"); do
     server=""
     if [ -z "$report" ]; then echo "the load bench failed:" >&2; cat "$work/load.err" >&2; exit 1; fi
     mps=$(echo "$report" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["messages_per_sec"])')
-    split=$(python3 - "$work/before" "$work/after" "$t0" "$t1" "$n" "$mode" "$share" <<'PY'
+    secs=$(echo "$report" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["duration_s"])')
+    split=$(python3 - "$work/before" "$work/after" "$t0" "$t1" "$n" "$mode" "$share" "$mps" "$secs" <<'PY'
 import os, sys
 def read(p):
     d = {}
@@ -152,7 +156,10 @@ ratio = f" max/min {max(busy) / max(min(busy), 1):.2f}" if len(busy) > 1 else ""
 cores = sum(delta.values()) / os.sysconf("SC_CLK_TCK") / (float(sys.argv[4]) - float(sys.argv[3]))
 n, mode, share = int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
 use = f"quota used {cores / (n * share / 100):.0%}" if mode == "budget" else f"server {cores:.2f} cores"
-print(f"{use}, ticks " + " ".join(parts) + ratio)
+# CPU of the whole run (connects and warm-up too) per message measured: an
+# upper bound, computed alike for every run.
+us = sum(delta.values()) / os.sysconf("SC_CLK_TCK") * 1e6 / max(float(sys.argv[8]) * float(sys.argv[9]), 1)
+print(f"{use}, {us:.2f} us CPU/msg, ticks " + " ".join(parts) + ratio)
 PY
 )
     echo "round $r  loops $n  $mps msg/s  $split" >&2
@@ -167,16 +174,19 @@ runs = {}
 for line in open(path):
     n, mps, split = line.split(None, 2)
     runs.setdefault(int(n), []).append((float(mps), split.strip()))
+def cpu(split):
+    return float(split.split(" us CPU/msg")[0].rsplit(None, 1)[1])
 base_n = min(runs)
 base = statistics.median(m for m, _ in runs[base_n])
-print(f"{'loops':>5} {'quota':>6} {'median msg/s':>13} {'speed-up':>9} {'efficiency':>10}  rounds (msg/s)")
+print(f"{'loops':>5} {'quota':>6} {'median msg/s':>13} {'speed-up':>9} {'efficiency':>10} {'us CPU/msg':>10}  rounds (msg/s)")
 for n in sorted(runs):
     med = statistics.median(m for m, _ in runs[n])
     quota = f"{n * share}%" if mode == "budget" else "-"
     up = med / base
     eff = up / (n / base_n)
     rounds = " ".join(f"{m:,.0f}" for m, _ in runs[n])
-    print(f"{n:>5} {quota:>6} {med:>13,.0f} {up:>8.2f}x {eff:>10.2f}  {rounds}")
+    us = statistics.median(cpu(s) for _, s in runs[n])
+    print(f"{n:>5} {quota:>6} {med:>13,.0f} {up:>8.2f}x {eff:>10.2f} {us:>10.2f}  {rounds}")
 print("server CPU by thread (clock ticks, last round):")
 for n in sorted(runs):
     print(f"  loops {n}: {runs[n][-1][1]}")
