@@ -1,12 +1,17 @@
-// cargo run --release --example echo -- [--listen URL]...
+// cargo run --release --example echo -- [--listen URL]... [--loops N]
 //
 // RFC 862 echo on every address given: TCP and Unix stream connections get
 // back every byte they send; UDP and Unix datagram sockets get every datagram
 // back to its sender. Ctrl-C stops gracefully (queued bytes are flushed);
 // a second Ctrl-C stops at once.
+//
+// --loops N serves with N event loops (0: one per CPU), each on a thread of
+// its own (netloop's Group): an acceptor thread hands TCP and Unix stream
+// connections to the loops in turn, every loop has its own SO_REUSEPORT UDP
+// socket, and a Unix datagram socket is served by loop 0.
 
 use clap::Parser;
-use netloop::{Addr, ConnId, Context, EventLoop, Handler};
+use netloop::{Addr, Config, ConnId, Context, Group, Handler};
 
 /// An echo server (RFC 862) on TCP, UDP and Unix sockets, built on netloop.
 #[derive(Parser)]
@@ -20,6 +25,9 @@ struct Args {
     /// [default: tcp://127.0.0.1:7000 and udp://127.0.0.1:7000]
     #[arg(long = "listen", value_name = "URL")]
     listen: Vec<String>,
+    /// Event loops, each on a thread of its own (0: one per CPU).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    loops: usize,
 }
 
 struct Echo;
@@ -54,21 +62,25 @@ fn main() {
     if args.listen.is_empty() {
         args.listen = vec!["tcp://127.0.0.1:7000".into(), "udp://127.0.0.1:7000".into()];
     }
-    if let Err(e) = serve(&args.listen) {
+    if let Err(e) = serve(&args.listen, args.loops) {
         eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
 }
 
-fn serve(urls: &[String]) -> std::io::Result<()> {
-    let mut event_loop = EventLoop::new(Echo)?;
+fn serve(urls: &[String], loops: usize) -> std::io::Result<()> {
+    // One loop is a plain EventLoop underneath: a group of one has no
+    // acceptor, and its loop listens itself.
+    let mut group = Group::new(loops, Config::default(), |_, _| Echo)?;
     for url in urls {
-        let id = event_loop.listen(url.as_str())?;
-        let at = event_loop.context().local_addr(id)?;
+        let at = group.listen(url.as_str())?;
         log::info!("echo listening on {url} ({at})");
     }
-    event_loop.stop_on_signals()?;
-    event_loop.run()?;
+    if group.loops() > 1 {
+        log::info!("{} loops", group.loops());
+    }
+    group.stop_on_signals()?;
+    group.run()?;
     log::info!("stopped");
     Ok(())
 }

@@ -36,7 +36,10 @@ pub struct Config {
     /// longer than the others' budgets. A larger budget serves a streaming
     /// connection in longer runs, which costs the kernel less per byte
     /// (measured with the load bench's `--firehose` under a 30% CPU budget:
-    /// 3–7% less server CPU per byte than with 256 KiB).
+    /// 3–7% less server CPU per byte than with 256 KiB). A server that
+    /// forwards what it reads to other connections (a chat room, a relay)
+    /// queues up to this much on them per turn: keep it well below their
+    /// [`max_write_queue`](Config::max_write_queue).
     pub read_budget: usize,
     /// Most bytes written to one connection per turn (default 1 MiB).
     pub write_budget: usize,

@@ -151,7 +151,7 @@ impl<'a> Context<'a> {
     /// # Errors
     /// As [`connect`](Context::connect); `InvalidInput` if `state` is not of
     /// the handler's [`Conn`](crate::Handler::Conn) type.
-    pub fn connect_with<S: 'static>(
+    pub fn connect_with<S: Send + 'static>(
         &mut self,
         addr: impl ToEndpoint,
         state: S,
@@ -558,7 +558,7 @@ impl<'a> Context<'a> {
     /// # Errors
     /// As [`adopt`](Context::adopt); `InvalidInput` if `state` is not of the
     /// handler's [`Conn`](crate::Handler::Conn) type.
-    pub fn adopt_with<S: 'static>(
+    pub fn adopt_with<S: Send + 'static>(
         &mut self,
         socket: impl Into<StdSocket>,
         state: S,

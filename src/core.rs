@@ -368,11 +368,11 @@ pub(crate) enum Accept {
 
 /// The loop's state, reached by callbacks through a `Context`.
 pub(crate) struct Core {
-    poller: Poller,                                // the OS readiness API
-    slots: Slots,                                  // every socket, by `ConnId::key`
-    timers: Timers,                                // user and internal timers
-    config: Config,                                // limits
-    stats: Stats,                                  // counters
+    poller: Poller,                                       // the OS readiness API
+    slots: Slots,                                         // every socket, by `ConnId::key`
+    timers: Timers,                                       // user and internal timers
+    config: Config,                                       // limits
+    stats: Stats,                                         // counters
     now: u64, // the loop clock (ns), coarse: read when timers are due and on rare paths
     pending: Vec<ConnId>, // connections with output to flush before the next poll
     ready: Vec<ConnId>, // sockets to serve again before blocking (budget cut, resumed, interrupted)
@@ -384,7 +384,7 @@ pub(crate) struct Core {
     shared: Arc<Shared>, // the waker and flags shared with handles
     zero_copy: ZeroCopy, // the zero-copy reply window of the running `on_data`
     conn_type: std::any::TypeId, // the handler's `Conn` type, for states given at creation
-    seeded: Vec<(ConnId, Box<dyn std::any::Any>)>, // states given by `connect_with`/`adopt_with`, until the connection opens
+    seeded: Vec<(ConnId, Box<dyn std::any::Any + Send>)>, // states given by `connect_with`/`adopt_with`, until the connection opens
 }
 
 impl Core {
@@ -476,12 +476,12 @@ impl Core {
     }
 
     /// Keeps `state` for `id` (its type checked by `check_seed`).
-    pub(crate) fn seed(&mut self, id: ConnId, state: Box<dyn std::any::Any>) {
+    pub(crate) fn seed(&mut self, id: ConnId, state: Box<dyn std::any::Any + Send>) {
         self.seeded.push((id, state));
     }
 
     /// The state `id` was created with, if any.
-    pub(crate) fn take_seed(&mut self, id: ConnId) -> Option<Box<dyn std::any::Any>> {
+    pub(crate) fn take_seed(&mut self, id: ConnId) -> Option<Box<dyn std::any::Any + Send>> {
         if self.seeded.is_empty() {
             return None;
         }

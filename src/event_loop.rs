@@ -194,7 +194,7 @@ impl<S: Default> States<S> {
 
     /// A new connection's state, replacing anything a previous occupant of
     /// the slot left: `seed` if it was created with one, else `Default`.
-    fn fresh(&mut self, id: ConnId, seed: Option<Box<dyn std::any::Any>>) -> &mut S
+    fn fresh(&mut self, id: ConnId, seed: Option<Box<dyn std::any::Any + Send>>) -> &mut S
     where
         S: 'static,
     {

@@ -53,6 +53,10 @@ pub fn config(idle_timeout: Option<Duration>) -> Config {
         // client that floods commands but reads no replies is slowed first.
         high_water: MAX_BACKLOG / 4,
         low_water: MAX_BACKLOG / 16,
+        // What one turn reads from one member is broadcast to every other
+        // before the loop writes: it must fit well inside their backlog, or
+        // a single burst would drop members who read as fast as they can.
+        read_budget: MAX_BACKLOG / 4,
         idle_timeout,
         ..Config::default()
     }
