@@ -391,6 +391,11 @@ impl Conn {
         !was
     }
 
+    /// True while reading is paused by the high-water mark.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.flags.0 & Flags::PAUSED != 0
+    }
+
     /// Half-close asked for: true if the write side should be shut now
     /// (nothing queued, connected); otherwise it is shut once the queue
     /// drains. False too if it was asked for before.

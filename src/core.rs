@@ -1087,7 +1087,9 @@ impl Core {
             self.close(id, CloseReason::WriteQueueFull, true);
             return Err(Error::QueueFull);
         }
-        if c.pause() {
+        // While connecting, the handler has not heard `on_open`: it hears
+        // of the pause right after it (`finish_connect`).
+        if c.pause() && !c.is_connecting() {
             self.notices.push_back(Notice::Backpressure(id, true));
         }
         Ok(())
@@ -1345,12 +1347,17 @@ impl Core {
         match res {
             Err(e) => self.fail_connect(id, e),
             Ok(()) => {
+                let paused = c.is_paused();
                 if c.connected(now) {
                     self.mark_pending(id);
                 }
                 self.count(id);
                 self.stats.connected += 1;
                 self.notices.push_back(Notice::Open(id));
+                if paused {
+                    // Sent past the high-water mark while connecting.
+                    self.notices.push_back(Notice::Backpressure(id, true));
+                }
                 self.mark_ready(id);
             }
         }
@@ -1469,6 +1476,15 @@ impl Core {
             return Err(Error::WrongKind);
         }
         let kind = self.take(id)?;
+        if let Kind::Conn(c) = &kind {
+            if c.is_connecting() {
+                // Never opened: the handler hears of a connect that ended,
+                // as for a close while connecting, not of a close.
+                let err = io::Error::new(io::ErrorKind::Interrupted, "connect abandoned: detached");
+                self.notices.push_back(Notice::ConnectFailed(id, err));
+                return Ok(kind);
+            }
+        }
         let notify = !matches!(kind, Kind::Listener { .. });
         self.notices
             .push_back(Notice::Closed(id, CloseReason::Detached, notify));
