@@ -514,7 +514,6 @@ fn conn_timers_fire_with_their_state_and_never_after_close() {
 /// state made on the spot, and `on_connect_failed` then hands back that
 /// `Default` one instead of the seed.
 #[test]
-#[ignore = "bug in the loop (event_loop.rs): a conn timer on a connecting connection gets a Default state, not its connect_with state; fixed by the commit after this one"]
 fn conn_timer_on_a_connecting_connection_sees_its_connect_with_state() {
     let _w = watchdog("conn timer while connecting", Duration::from_secs(60));
     let (mut el, _) = new_loop(Config::default());
