@@ -918,7 +918,7 @@ impl Core {
     /// what follows bytes already queued.
     pub(crate) fn send_owned(&mut self, id: ConnId, data: Vec<u8>) -> Result<(), Error> {
         let now = self.now;
-        let high = self.config.high_water;
+        let high = self.config.high_water.min(self.config.max_write_queue);
         if self.zero_copy.is(id) {
             self.settle();
         }
@@ -974,7 +974,7 @@ impl Core {
                 if !queued {
                     return Ok(());
                 }
-                let over = c.queued() > self.config.high_water;
+                let over = c.queued() > self.config.high_water.min(self.config.max_write_queue);
                 self.mark_pending(id);
                 if over {
                     return self.over_high_water(id);
@@ -1009,7 +1009,7 @@ impl Core {
     /// mark).
     #[inline(never)]
     fn send_queued(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.config.high_water;
+        let high = self.config.high_water.min(self.config.max_write_queue);
         if let Some(c) = self.slots.conn(id) {
             if c.can_send() {
                 if data.len() >= DIRECT_SEND || !c.push_in_place(data) {
@@ -1053,7 +1053,7 @@ impl Core {
     /// Appends to a live connection's queue (growing it), marks it pending
     /// and applies the high-water mark.
     fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.config.high_water;
+        let high = self.config.high_water.min(self.config.max_write_queue);
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };

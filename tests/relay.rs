@@ -660,7 +660,6 @@ fn send_owned_and_send_vectored_after_a_zero_copy_reply_keep_order() {
 /// the cap never applies and a reader that never reads grows the queue
 /// without bound.
 #[test]
-#[ignore = "bug in the loop (core.rs): max_write_queue is not applied when high_water is above it; fixed by the commit after this one"]
 fn the_hard_cap_on_a_queue_holds_without_the_high_water_pause() {
     let _w = watchdog("hard cap", Duration::from_secs(60));
     const CAP: usize = 256 * 1024;
