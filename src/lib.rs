@@ -20,6 +20,7 @@ mod core;
 mod error;
 mod event_loop;
 mod framing;
+pub mod guide;
 mod handler;
 mod id;
 mod poller;
