@@ -707,7 +707,6 @@ fn the_hard_cap_on_a_queue_holds_without_the_high_water_pause() {
 /// meets EPIPE and closes with `Reset`. Here another connection's
 /// `on_data` makes the send, as a relay's does.
 #[test]
-#[ignore = "bug in the loop (conn.rs): an error of a direct write is dropped, so a reset it consumed is then read as an end of file; fixed by the commit after this one"]
 fn a_reset_met_by_a_direct_send_is_not_reported_as_end_of_file() {
     let _w = watchdog("reset then direct send", Duration::from_secs(60));
     let (mut el, addr) = new_loop(Config::default());
@@ -719,7 +718,9 @@ fn a_reset_met_by_a_direct_send_is_not_reported_as_end_of_file() {
     el.handler_mut().poke = Some((x, 64 * 1024));
     // Both in one turn: the poker's bytes first, then the reset.
     poker.write_all(b"go").unwrap();
-    SockRef::from(&reset).set_linger(Some(Duration::ZERO)).unwrap();
+    SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(reset);
     until(&mut el, "the close", |h| {
         h.has(|e| matches!(e, Ev::Close(i, ..) if *i == x))
@@ -730,5 +731,9 @@ fn a_reset_met_by_a_direct_send_is_not_reported_as_end_of_file() {
         "a reset reported as an end of file: {:?}",
         h.ev
     );
-    assert!(h.has(|e| *e == Ev::Close(x, Tag(0), CloseReason::Reset)), "{:?}", h.ev);
+    assert!(
+        h.has(|e| *e == Ev::Close(x, Tag(0), CloseReason::Reset)),
+        "{:?}",
+        h.ev
+    );
 }
