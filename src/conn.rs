@@ -33,10 +33,11 @@ impl Flags {
     const COUNTED: u16 = 1 << 9; // counted in `Stats::connections`
     const READ_CLOSED: u16 = 1 << 10; // the peer's end of file was seen while not reading
     const HELD: u16 = 1 << 11; // reading paused by the handler (`Context::pause_reading`)
+    const BROKEN: u16 = 1 << 12; // a direct write failed: not read until the flush closes it
 
     /// Conditions under which a read loop stops.
     const NOT_READING: u16 =
-        Self::EOF | Self::PAUSED | Self::HELD | Self::CLOSING | Self::CONNECTING;
+        Self::EOF | Self::PAUSED | Self::HELD | Self::CLOSING | Self::CONNECTING | Self::BROKEN;
     /// Conditions under which nothing more may be queued.
     const NO_SEND: u16 = Self::CLOSING | Self::SHUTDOWN | Self::WRITE_SHUT;
 }
@@ -375,7 +376,14 @@ impl Conn {
                 self.flags.0 |= Flags::BLOCKED;
                 0
             }
-            Err(_) => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            // The kernel reports an error once: this write took it (a reset,
+            // say), so a read now would see an end of file instead. The
+            // flush meets the error again (EPIPE) and closes.
+            Err(_) => {
+                self.flags.0 |= Flags::BROKEN;
+                0
+            }
         };
         if n > 0 {
             self.last_active = now;

@@ -384,7 +384,8 @@ pub(crate) struct Core {
     shared: Arc<Shared>, // the waker and flags shared with handles
     zero_copy: ZeroCopy, // the zero-copy reply window of the running `on_data`
     conn_type: std::any::TypeId, // the handler's `Conn` type, for states given at creation
-    seeded: Vec<(ConnId, Box<dyn std::any::Any + Send>)>, // states given by `connect_with`/`adopt_with`, until the connection opens
+    seeded: Vec<(ConnId, Box<dyn std::any::Any + Send>)>, // states given at creation, until the connection opens
+    queue_check: usize, // a queue past this is checked against the water mark and the hard cap: the lower of the two
 }
 
 impl Core {
@@ -415,7 +416,9 @@ impl Core {
             zero_copy: ZeroCopy::new(rbuf),
             conn_type,
             seeded: Vec::new(),
+            queue_check: 0,
         };
+        core.queue_check = core.config.high_water.min(core.config.max_write_queue);
         if let Some(t) = core.config.idle_timeout {
             core.ensure_sweep(t);
         }
@@ -918,7 +921,7 @@ impl Core {
     /// what follows bytes already queued.
     pub(crate) fn send_owned(&mut self, id: ConnId, data: Vec<u8>) -> Result<(), Error> {
         let now = self.now;
-        let high = self.config.high_water;
+        let high = self.queue_check;
         if self.zero_copy.is(id) {
             self.settle();
         }
@@ -974,7 +977,7 @@ impl Core {
                 if !queued {
                     return Ok(());
                 }
-                let over = c.queued() > self.config.high_water;
+                let over = c.queued() > self.queue_check;
                 self.mark_pending(id);
                 if over {
                     return self.over_high_water(id);
@@ -1009,7 +1012,7 @@ impl Core {
     /// mark).
     #[inline(never)]
     fn send_queued(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.config.high_water;
+        let high = self.queue_check;
         if let Some(c) = self.slots.conn(id) {
             if c.can_send() {
                 if data.len() >= DIRECT_SEND || !c.push_in_place(data) {
@@ -1053,7 +1056,7 @@ impl Core {
     /// Appends to a live connection's queue (growing it), marks it pending
     /// and applies the high-water mark.
     fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.config.high_water;
+        let high = self.queue_check;
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };

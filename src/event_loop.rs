@@ -205,6 +205,33 @@ impl<S: Default> States<S> {
         self.slot(id).insert(state)
     }
 
+    /// The state of a live connection that may not have opened yet: the
+    /// `connect_with` state kept aside for it, if that is still `seed`.
+    fn seeded(&mut self, id: ConnId, seed: Option<Box<dyn std::any::Any + Send>>) -> &mut S
+    where
+        S: 'static,
+    {
+        match seed {
+            Some(seed) => self.fresh(id, Some(seed)),
+            None => self.get(id),
+        }
+    }
+
+    /// The state of a connection that opened: its seed, or the one a
+    /// callback while it was connecting made from that seed, or `Default`.
+    /// (A slot's state is taken when its socket closes, so any state found
+    /// here is this connection's.)
+    fn opened(&mut self, id: ConnId, seed: Option<Box<dyn std::any::Any + Send>>) -> &mut S
+    where
+        S: 'static,
+    {
+        let k = id.key as usize;
+        if seed.is_none() && !Self::TRIVIAL && self.by_slot.get(k).is_some_and(Option::is_some) {
+            return self.get(id);
+        }
+        self.fresh(id, seed)
+    }
+
     /// Takes the state of a socket that closed.
     fn take(&mut self, id: ConnId) -> Option<S> {
         self.by_slot.get_mut(id.key as usize).and_then(Option::take)
@@ -833,14 +860,15 @@ impl<H: Handler> EventLoop<H> {
                     if self.core.entry(id).is_ok() {
                         let seed = self.core.take_seed(id);
                         self.calls.call(&mut self.core, Some(id), |h, cx, st| {
-                            h.on_open(cx, id, st.fresh(id, seed))
+                            h.on_open(cx, id, st.opened(id, seed))
                         });
                     }
                 }
                 Notice::Backpressure(id, paused) => {
                     if self.core.conn(id).is_some() {
+                        let seed = self.core.take_seed(id); // still connecting
                         self.calls.call(&mut self.core, Some(id), |h, cx, st| {
-                            h.on_backpressure(cx, id, st.get(id), paused)
+                            h.on_backpressure(cx, id, st.seeded(id, seed), paused)
                         });
                     }
                 }
@@ -893,8 +921,9 @@ impl<H: Handler> EventLoop<H> {
                     // Never after the connection closed (its timers go with it).
                     if self.core.conn(id).is_some() {
                         self.core.stats_mut().timers_fired += 1;
+                        let seed = self.core.take_seed(id); // still connecting
                         self.calls.call(&mut self.core, Some(id), |h, cx, st| {
-                            h.on_conn_timer(cx, id, st.get(id), timer)
+                            h.on_conn_timer(cx, id, st.seeded(id, seed), timer)
                         });
                         self.dispatch_notices();
                     }

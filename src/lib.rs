@@ -21,6 +21,7 @@ mod error;
 mod event_loop;
 mod framing;
 mod group;
+pub mod guide;
 mod handler;
 mod id;
 mod poller;
