@@ -280,7 +280,15 @@
 //! # Running N loops
 //!
 //! One [`EventLoop`](crate::EventLoop) is one thread: it serves as many
-//! connections as you like on one core. To use N cores, run N loops, one
+//! connections as you like on one core. To use N cores, a
+//! [`Group`](crate::Group) runs N loops with one handler each, an acceptor
+//! that balances new connections over them (round-robin, least
+//! connections, source-IP hash, or per-loop SO_REUSEPORT), cross-loop sends
+//! by [`RemoteId`](crate::RemoteId), and one stop for all; its
+//! documentation has a whole server. The rest of this section is the
+//! hand-made version, for a program that wants its own threads.
+//!
+//! Run N loops, one
 //! per thread, each listening on the same port with SO_REUSEPORT
 //! ([`ListenOptions`](crate::ListenOptions) `{ reuse_port: true, .. }`,
 //! through [`EventLoop::listen_with`](crate::EventLoop::listen_with)): the
