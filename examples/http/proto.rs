@@ -63,7 +63,13 @@ pub struct Outcome {
     pub close: bool,
     /// An incomplete request is left unconsumed (the request timer runs).
     pub partial: bool,
+    /// `out` ends with a `100 Continue` interim response ([`CONTINUE`]) for
+    /// that incomplete request.
+    pub continued: bool,
 }
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Per-connection protocol state kept between reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,22 +191,17 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, Reject> 
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let max_headers = limits.max_headers.min(HEADER_SLOTS);
     let mut req = httparse::Request::new(&mut slots[..max_headers]);
-    let head_len = match req.parse(data) {
-        Ok(httparse::Status::Complete(n)) if n > limits.max_head => {
-            return Err(Reject::HeadTooLarge)
-        }
+    // Only the first `max_head` bytes are looked at, so the outcome does not
+    // depend on how the input was split into reads.
+    let window = &data[..data.len().min(limits.max_head)];
+    let head_len = match req.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if data.len() > limits.max_head => {
+        Ok(httparse::Status::Partial) if data.len() >= limits.max_head => {
             return Err(Reject::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial { head: None }),
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooManyHeaders),
-        Err(e) => {
-            if data.len() > limits.max_head {
-                return Err(Reject::HeadTooLarge);
-            }
-            return Err(Reject::BadRequest(error_text(e)));
-        }
+        Err(e) => return Err(Reject::BadRequest(error_text(e))),
     };
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(Reject::BadRequest("incomplete request line"));
@@ -403,7 +404,8 @@ pub fn serve(
                 if let Some(req) = head {
                     if req.expect_continue && req.version == 1 && !conn.continued {
                         conn.continued = true;
-                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        outcome.continued = true;
+                        out.extend_from_slice(CONTINUE);
                     }
                 }
                 outcome.partial = true;
@@ -460,7 +462,8 @@ mod tests {
                 consumed: 36,
                 responses: 1,
                 close: false,
-                partial: false
+                partial: false,
+                continued: false
             }
         );
     }
@@ -559,6 +562,77 @@ mod tests {
             let (out, o) = run(bad);
             assert!(out.starts_with("HTTP/1.1 400 ") && o.close, "{out}");
             assert_eq!(o.consumed, bad.len());
+        }
+    }
+
+    /// Serves `data` in reads of the sizes `cuts` cycles through: the
+    /// responses (interim ones dropped), whether it closed, bytes left.
+    fn run_split(data: &[u8], cuts: &[usize], limits: &Limits) -> (Vec<u8>, bool, usize) {
+        let (mut conn, mut out, mut buffer) = (Conn::default(), Vec::new(), Vec::new());
+        let mut at = 0;
+        for &cut in cuts.iter().cycle() {
+            let n = cut.min(data.len() - at);
+            buffer.extend_from_slice(&data[at..at + n]);
+            at += n;
+            let o = serve(&buffer, &mut conn, limits, DATE, &mut out);
+            assert!(o.consumed <= buffer.len());
+            if o.continued {
+                out.truncate(out.len() - CONTINUE.len());
+            }
+            buffer.drain(..o.consumed);
+            if o.close {
+                return (out, true, 0);
+            }
+            if at == data.len() {
+                return (out, false, buffer.len());
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn the_split_of_the_input_changes_nothing() {
+        let limits = Limits {
+            max_head: 64,
+            max_headers: 4,
+            max_body: 16,
+        };
+        let pieces: [&[u8]; 10] = [
+            b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n",
+            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n",
+            b"\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"G\x00T",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut data = Vec::new();
+            for _ in 0..next() % 5 + 1 {
+                let p = pieces[(next() % 10) as usize];
+                data.extend_from_slice(
+                    &p[..p.len() - (next() % 4 == 0) as usize * (next() as usize % p.len())],
+                );
+            }
+            let whole = run_split(&data, &[data.len().max(1)], &limits);
+            let cuts: Vec<usize> = (0..4).map(|_| (next() % 40) as usize + 1).collect();
+            assert_eq!(
+                whole,
+                run_split(&data, &cuts, &limits),
+                "{:?} {cuts:?}",
+                String::from_utf8_lossy(&data)
+            );
+            assert_eq!(whole, run_split(&data, &[1], &limits));
         }
     }
 
