@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use util::*;
 
 /// The examples this crate has.
-const EXAMPLES: &[&str] = &["echo", "chat", "client", "kv"];
+const EXAMPLES: &[&str] = &["echo", "chat", "client", "kv", "http"];
 
 /// Runs `name` with `args`; fails if it does not exit within 10 s.
 fn run(name: &str, args: &[&str]) -> Output {
@@ -93,6 +93,7 @@ fn unknown_flags_and_bad_numbers_are_rejected() {
     }
     expect_clear_failure("chat", &["--idle-timeout", "-5"], "-5");
     expect_clear_failure("chat", &["--max-line", "lots"], "lots");
+    expect_clear_failure("http", &["--request-timeout", "-5"], "-5");
 }
 
 #[test]
