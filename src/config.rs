@@ -50,7 +50,11 @@ pub struct Config {
     /// not read its replies stops being read), but two peers that both send
     /// more than they read — a client streaming a file into an echo server,
     /// say — can pause each other for good. Such a client sets this to
-    /// `usize::MAX` and throttles its own source instead.
+    /// `usize::MAX` and throttles its own source instead (the hard cap,
+    /// [`max_write_queue`](Config::max_write_queue), still applies). A relay
+    /// pauses the *other* side instead, with
+    /// [`Context::pause_reading`](crate::Context::pause_reading): see the
+    /// [guide](crate::guide).
     pub high_water: usize,
     /// Write queue size at or below which paused reading resumes (default 256 KiB).
     pub low_water: usize,
