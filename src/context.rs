@@ -451,9 +451,10 @@ impl<'a> Context<'a> {
     /// Sets a one-shot timer tied to a connection:
     /// [`Handler::on_conn_timer`](crate::Handler::on_conn_timer) fires after
     /// `delay` with the connection's id and state, unless the connection
-    /// has closed by then (its timers go with it) or the timer was
-    /// cancelled with [`cancel_timer`](Context::cancel_timer). For request
-    /// timeouts and keep-alive pings.
+    /// has closed by then (a connection's timers never fire after it
+    /// closed; the few bytes each holds are released at its deadline) or
+    /// the timer was cancelled with [`cancel_timer`](Context::cancel_timer).
+    /// For request timeouts and keep-alive pings.
     ///
     /// # Errors
     /// [`Error::Stale`], [`Error::WrongKind`] for anything but a stream.
