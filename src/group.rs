@@ -1034,6 +1034,10 @@ where
             Transport::Tcp | Transport::Unix => self.listen_acceptor(&endpoint, opts),
             Transport::Udp => self.listen_each(endpoint, opts),
             Transport::Unixgram => self.listen_on(0, &endpoint, opts),
+            Transport::Tls => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{endpoint}: tls:// on several loops needs Balance::ReusePort (and the `tls` feature)"),
+            )),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{endpoint} cannot be listened on"),
