@@ -83,12 +83,14 @@ impl<'a> Context<'a> {
         #[cfg(feature = "tls")]
         let tls = match (ep.transport, &opts.tls) {
             (Transport::Tls, Some(config)) => Some(config.clone()),
-            (Transport::Tls, None) => return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
+            (Transport::Tls, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
                     "{ep}: listening on tls:// needs ListenOptions::tls (a rustls ServerConfig)"
                 ),
-            )),
+                ))
+            }
             (_, Some(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
