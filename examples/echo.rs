@@ -9,6 +9,10 @@
 // its own (netloop's Group): an acceptor thread hands TCP and Unix stream
 // connections to the loops in turn, every loop has its own SO_REUSEPORT UDP
 // socket, and a Unix datagram socket is served by loop 0.
+//
+// TLS (build with `--features tls`):
+//   echo --listen tls://127.0.0.1:7443 --tls-cert cert.pem --tls-key key.pem
+// and talk to it with `openssl s_client -connect 127.0.0.1:7443`.
 
 use clap::Parser;
 use netloop::{Addr, Config, ConnId, Context, Group, Handler};
@@ -28,6 +32,14 @@ struct Args {
     /// Event loops, each on a thread of its own (0: one per CPU).
     #[arg(long, value_name = "N", default_value_t = 1)]
     loops: usize,
+    /// The certificate chain (PEM) for tls:// addresses (`--features tls`).
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) for tls:// addresses (`--features tls`).
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 struct Echo;
@@ -62,18 +74,63 @@ fn main() {
     if args.listen.is_empty() {
         args.listen = vec!["tcp://127.0.0.1:7000".into(), "udp://127.0.0.1:7000".into()];
     }
-    if let Err(e) = serve(&args.listen, args.loops) {
+    #[allow(unused_mut)]
+    let mut opts = netloop::ListenOptions::default();
+    #[cfg(feature = "tls")]
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match tls_config(cert, key) {
+            Ok(config) => opts.tls = Some(config),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Err(e) = serve(&args.listen, args.loops, &opts) {
         eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
 }
 
-fn serve(urls: &[String], loops: usize) -> std::io::Result<()> {
+/// A TLS server configuration from PEM files (rustls's own PEM parsing).
+#[cfg(feature = "tls")]
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<std::sync::Arc<netloop::rustls::ServerConfig>> {
+    use netloop::rustls::pki_types::pem::PemObject;
+    use netloop::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let provider = std::sync::Arc::new(netloop::rustls::crypto::ring::default_provider());
+    let config = netloop::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad(cert, &e))?;
+    Ok(std::sync::Arc::new(config))
+}
+
+fn serve(urls: &[String], loops: usize, opts: &netloop::ListenOptions) -> std::io::Result<()> {
     // One loop is a plain EventLoop underneath: a group of one has no
     // acceptor, and its loop listens itself.
     let mut group = Group::new(loops, Config::default(), |_, _| Echo)?;
     for url in urls {
-        let at = group.listen(url.as_str())?;
+        let at = if url.starts_with("tls://") {
+            group.listen_with(url.as_str(), opts)?
+        } else {
+            group.listen(url.as_str())?
+        };
         log::info!("echo listening on {url} ({at})");
     }
     if group.loops() > 1 {

@@ -23,6 +23,9 @@ pub enum Transport {
     Unix,
     /// A Unix datagram socket (`unixgram://`).
     Unixgram,
+    /// TLS over TCP (`tls://`): a TCP stream whose bytes the loop encrypts
+    /// and decrypts (needs the `tls` feature).
+    Tls,
     /// A file descriptor registered with [`Context::register_fd`](crate::Context::register_fd).
     Fd,
 }
@@ -36,12 +39,13 @@ impl Transport {
             Transport::Unix => "unix",
             Transport::Unixgram => "unixgram",
             Transport::Fd => "fd",
+            Transport::Tls => "tls",
         }
     }
 
-    /// True for the stream transports (TCP and Unix stream).
+    /// True for the stream transports (TCP, TLS and Unix stream).
     pub fn is_stream(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Unix)
+        matches!(self, Transport::Tcp | Transport::Tls | Transport::Unix)
     }
 }
 
@@ -229,21 +233,24 @@ impl ToEndpoint for &Endpoint {
 
 fn parse(s: &str) -> Result<Endpoint, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err("expected SCHEME://ADDRESS with a scheme of tcp, udp, unix or unixgram".into());
+        return Err(
+            "expected SCHEME://ADDRESS with a scheme of tcp, tls, udp, unix or unixgram".into(),
+        );
     };
     let transport = match scheme {
         "tcp" => Transport::Tcp,
         "udp" => Transport::Udp,
         "unix" => Transport::Unix,
         "unixgram" => Transport::Unixgram,
+        "tls" => Transport::Tls,
         other => {
             return Err(format!(
-                "unknown scheme {other:?}: expected tcp, udp, unix or unixgram"
+                "unknown scheme {other:?}: expected tcp, tls, udp, unix or unixgram"
             ))
         }
     };
     let addr = match transport {
-        Transport::Tcp | Transport::Udp => Addr::Inet(parse_inet(rest)?),
+        Transport::Tcp | Transport::Udp | Transport::Tls => Addr::Inet(parse_inet(rest)?),
         _ => Addr::Unix(parse_unix(rest)?),
     };
     Ok(Endpoint { transport, addr })

@@ -34,6 +34,13 @@ pub enum CloseReason {
     Shutdown,
     /// Taken out of the loop with [`Context::detach`](crate::Context::detach).
     Detached,
+    /// TLS failed (the `tls` feature): the handshake or a record was
+    /// rejected (the alert rustls chose was sent first, then the
+    /// connection closed), or the handshake did not complete within
+    /// `Config::tls_handshake_timeout`, or the peer closed during it. A TLS
+    /// connection closed during its handshake was never opened: the
+    /// handler hears `on_close` with this reason without an `on_open`.
+    Tls,
 }
 
 impl CloseReason {

@@ -103,6 +103,11 @@ pub struct Config {
     /// [`SendError::Full`](crate::SendError::Full) instead of growing
     /// memory without bound while the loop falls behind.
     pub message_queue: Option<usize>,
+    /// How long a TLS connection may take to complete its handshake
+    /// (default 10 s; the `tls` feature). Past it the connection is closed
+    /// with [`CloseReason::Tls`](crate::CloseReason::Tls).
+    #[cfg(feature = "tls")]
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -125,6 +130,8 @@ impl Default for Config {
             datagram_queue: 1024,
             catch_panics: true,
             message_queue: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

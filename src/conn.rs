@@ -115,6 +115,8 @@ pub(crate) struct Conn {
     close_reason: CloseReason, // the reason a graceful close will report
     last_active: u64,          // last progress (loop clock, ns), for the idle timeout
     idle_ns: u64,              // this connection's idle timeout in ns; 0: none
+    #[cfg(feature = "tls")]
+    tls: Option<Box<crate::tls::TlsConn>>, // the TLS session of a tls:// connection
 }
 
 impl Conn {
@@ -129,6 +131,8 @@ impl Conn {
             close_reason: CloseReason::Closed,
             last_active: now,
             idle_ns,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -577,6 +581,62 @@ impl Conn {
             self.output = Output::default();
         }
         false
+    }
+
+    // ----- TLS -----
+
+    /// Makes this a TLS connection; what rustls sends first (a client's
+    /// ClientHello) is queued.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&mut self, mut tls: Box<crate::tls::TlsConn>) {
+        tls.pending(&mut self.output.buf);
+        self.tls = Some(tls);
+    }
+
+    /// True for a TLS connection.
+    #[cfg(feature = "tls")]
+    #[inline(always)]
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// True for a TLS connection whose handshake has not completed.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Feeds ciphertext read from the socket to the TLS session: plaintext
+    /// joins the held input, rustls's answers the queue. The bool is false
+    /// when the held input is past `max`.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_feed(&mut self, cipher: &[u8], max: usize) -> (crate::tls::Fed, bool) {
+        let Some(tls) = self.tls.as_mut() else {
+            return (crate::tls::Fed::Error, true);
+        };
+        let fed = tls.feed(cipher, &mut self.input, &mut self.output.buf);
+        (fed, self.input.len() <= max)
+    }
+
+    /// Encrypts `data` into the queue (a TLS connection's send).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_send(&mut self, data: &[u8]) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.encrypt(data, &mut self.output.buf);
+        }
+    }
+
+    /// Queues close_notify on a TLS connection whose handshake completed
+    /// (true if it did).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_close_notify(&mut self) -> bool {
+        match self.tls.as_mut() {
+            Some(tls) if !tls.is_handshaking() => {
+                tls.close_notify(&mut self.output.buf);
+                true
+            }
+            _ => false,
+        }
     }
 
     // ----- The end -----

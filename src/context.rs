@@ -80,10 +80,87 @@ impl<'a> Context<'a> {
         opts: &ListenOptions,
     ) -> io::Result<ConnId> {
         let ep = addr.to_endpoint()?;
+        #[cfg(feature = "tls")]
+        let tls = match (ep.transport, &opts.tls) {
+            (Transport::Tls, Some(config)) => Some(config.clone()),
+            (Transport::Tls, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                    "{ep}: listening on tls:// needs ListenOptions::tls (a rustls ServerConfig)"
+                ),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{ep}: ListenOptions::tls is for tls:// addresses only"),
+                ))
+            }
+            (_, None) => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if ep.transport == Transport::Tls {
+            return Err(no_tls(&ep));
+        }
         let id = match sock::bind(&ep, opts, self.core.config().backlog)? {
             Bound::Listener(l) => self.core.insert(Kind::Listener { l, paused: false })?,
             Bound::Dgram(sock) => self.insert_dgram(sock)?,
         };
+        #[cfg(feature = "tls")]
+        if let Some(config) = tls {
+            self.core.tls_listen(id, config);
+        }
+        Ok(id)
+    }
+
+    /// Starts a TLS connection over TCP (the `tls` feature) to `addr`
+    /// (`tls://HOST:PORT` or `tcp://HOST:PORT`), verifying the server as
+    /// `server_name` (a DNS name or an IP address) with `config`. As
+    /// [`connect`](Context::connect), except that the handler hears
+    /// [`on_open`](crate::Handler::on_open) only once the handshake
+    /// completes; a handshake that fails or does not complete within
+    /// [`Config::tls_handshake_timeout`] closes the connection with
+    /// [`CloseReason::Tls`] (`on_close`, without `on_open`). Bytes sent
+    /// before then are encrypted and sent once the handshake completes.
+    ///
+    /// # Errors
+    /// As [`connect`](Context::connect); `InvalidInput` for a server name
+    /// that is neither a DNS name nor an IP address, or another transport.
+    #[cfg(feature = "tls")]
+    pub fn connect_tls(
+        &mut self,
+        addr: impl ToEndpoint,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<ConnId> {
+        let mut ep = addr.to_endpoint()?;
+        if !matches!(ep.transport, Transport::Tls | Transport::Tcp) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{ep}: TLS runs over tcp:// or tls:// only"),
+            ));
+        }
+        ep.transport = Transport::Tcp;
+        let name =
+            rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad TLS server name {server_name:?}: {e}"),
+                )
+            })?;
+        let tls = Box::new(crate::tls::TlsConn::client(&config, name)?);
+        let (out, err) = sock::connect(&ep, self.core.config().nodelay)?;
+        let Outbound::Stream(stream) = out else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let mut conn = Conn::new(stream, true, self.core.now(), self.core.idle_ns());
+        conn.set_tls(tls);
+        let id = self.core.insert(Kind::Conn(conn))?;
+        self.core.tls_deadline(id);
+        if let Some(e) = err {
+            self.core.fail_connect(id, e);
+        }
         Ok(id)
     }
 
@@ -110,6 +187,15 @@ impl<'a> Context<'a> {
     /// later if that suits the protocol.
     pub fn connect(&mut self, addr: impl ToEndpoint) -> io::Result<ConnId> {
         let ep = addr.to_endpoint()?;
+        if ep.transport == Transport::Tls {
+            #[cfg(not(feature = "tls"))]
+            return Err(no_tls(&ep));
+            #[cfg(feature = "tls")]
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{ep}: a TLS connection is made with Context::connect_tls"),
+            ));
+        }
         let (out, err) = sock::connect(&ep, self.core.config().nodelay)?;
         match out {
             Outbound::Stream(stream) => {
@@ -307,8 +393,15 @@ impl<'a> Context<'a> {
         let Kind::Conn(c) = self.core.entry(id)? else {
             return Err(Error::WrongKind);
         };
+        // TLS: close_notify goes first; the write side is shut once it is sent.
+        #[cfg(feature = "tls")]
+        let notified = c.can_send() && c.tls_close_notify();
         if c.ask_shutdown() {
             c.stream().shutdown_write()?;
+        }
+        #[cfg(feature = "tls")]
+        if notified {
+            self.core.mark_pending(id);
         }
         Ok(())
     }
@@ -661,4 +754,13 @@ fn set_nonblocking(s: &StdSocket) -> io::Result<()> {
 
 fn set_blocking(s: &StdSocket) -> io::Result<()> {
     SockRef::from(&std_fd(s)).set_nonblocking(false)
+}
+
+/// The error for a `tls://` address in a build without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+fn no_tls(ep: &crate::Endpoint) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{ep}: TLS needs netloop built with the `tls` cargo feature"),
+    )
 }

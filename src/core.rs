@@ -352,6 +352,11 @@ pub(crate) enum Read {
     Slow,
     /// The read failed: the connection is closed.
     Failed,
+    /// `n` bytes of ciphertext were read and fed to a TLS connection: its
+    /// plaintext (if any) joined the held input; `true` if the peer's
+    /// close_notify arrived (end of file, after that input).
+    #[cfg(feature = "tls")]
+    Tls(usize, bool),
 }
 
 /// What accepting one connection came to.
@@ -386,6 +391,8 @@ pub(crate) struct Core {
     conn_type: std::any::TypeId, // the handler's `Conn` type, for states given at creation
     seeded: Vec<(ConnId, Box<dyn std::any::Any + Send>)>, // states given at creation, until the connection opens
     queue_check: usize, // a queue past this is checked against the water mark and the hard cap: the lower of the two
+    #[cfg(feature = "tls")]
+    tls_listeners: Vec<(ConnId, Arc<rustls::ServerConfig>)>, // tls:// listeners and their configurations
 }
 
 impl Core {
@@ -417,6 +424,8 @@ impl Core {
             conn_type,
             seeded: Vec::new(),
             queue_check: 0,
+            #[cfg(feature = "tls")]
+            tls_listeners: Vec::new(),
         };
         core.queue_check = core.config.high_water.min(core.config.max_write_queue);
         if let Some(t) = core.config.idle_timeout {
@@ -728,10 +737,22 @@ impl Core {
         }
         let n = match c.read(buf) {
             Ok(n) if n > 0 => n,
-            Ok(_) => return Read::Eof,
+            Ok(_) => {
+                // A peer gone during the TLS handshake: never opened.
+                #[cfg(feature = "tls")]
+                if c.tls_handshaking() {
+                    self.close(id, CloseReason::Tls, false);
+                    return Read::Failed;
+                }
+                return Read::Eof;
+            }
             Err(e) => return self.read_error(id, e),
         };
         self.stats.bytes_read += n as u64;
+        #[cfg(feature = "tls")]
+        if c.is_tls() {
+            return self.read_tls(id, &buf[..n]);
+        }
         if !c.holds_no_input() {
             return self.hold(id, &buf[..n]);
         }
@@ -927,6 +948,10 @@ impl Core {
         }
         match self.slots.live(id).ok_or(Error::Stale)? {
             Kind::Conn(c) if c.can_send() => {
+                #[cfg(feature = "tls")]
+                if c.is_tls() {
+                    return self.send_tls(id, &data);
+                }
                 let mut sent = 0;
                 if data.len() >= DIRECT_SEND && c.can_write_now() {
                     sent = c.write_direct(&data, now);
@@ -959,6 +984,10 @@ impl Core {
         }
         match self.slots.live(id).ok_or(Error::Stale)? {
             Kind::Conn(c) if c.can_send() => {
+                #[cfg(feature = "tls")]
+                if c.is_tls() {
+                    return self.send_tls(id, &bufs.concat());
+                }
                 let mut skip = 0;
                 if c.can_write_now() {
                     skip = c.write_vectored(bufs, now);
@@ -1015,6 +1044,10 @@ impl Core {
         let high = self.queue_check;
         if let Some(c) = self.slots.conn(id) {
             if c.can_send() {
+                #[cfg(feature = "tls")]
+                if c.is_tls() {
+                    return self.send_tls(id, data);
+                }
                 if data.len() >= DIRECT_SEND || !c.push_in_place(data) {
                     return self.send_grow(id, data);
                 }
@@ -1253,6 +1286,8 @@ impl Core {
         if *paused {
             return Accept::Done;
         }
+        #[cfg(feature = "tls")]
+        let listener = id;
         let stream = match l.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accept::Done,
@@ -1275,6 +1310,10 @@ impl Core {
                 return Accept::Skip;
             }
         };
+        #[cfg(feature = "tls")]
+        if !self.tls_listeners.is_empty() && !self.tls_accepted(listener, cid) {
+            return Accept::Skip;
+        }
         self.stats.accepted += 1;
         if self.stats.connections >= self.config.max_connections {
             self.stats.refused += 1;
@@ -1351,11 +1390,19 @@ impl Core {
             Err(e) => self.fail_connect(id, e),
             Ok(()) => {
                 let paused = c.is_paused();
+                #[cfg(feature = "tls")]
+                let tls = c.is_tls();
                 if c.connected(now) {
                     self.mark_pending(id);
                 }
                 self.count(id);
                 self.stats.connected += 1;
+                // TLS: the handler hears on_open once the handshake completes.
+                #[cfg(feature = "tls")]
+                if tls {
+                    self.mark_ready(id);
+                    return;
+                }
                 self.notices.push_back(Notice::Open(id));
                 if paused {
                     // Sent past the high-water mark while connecting.
@@ -1430,6 +1477,8 @@ impl Core {
                 true
             }
             Kind::Listener { mut l, .. } => {
+                #[cfg(feature = "tls")]
+                self.tls_listeners.retain(|(l, _)| *l != id);
                 l.unlink();
                 false
             }
@@ -1446,7 +1495,13 @@ impl Core {
     /// Closes once the write queue is flushed.
     pub(crate) fn close_graceful(&mut self, id: ConnId, reason: CloseReason) -> Result<(), Error> {
         let now = match self.entry(id)? {
-            Kind::Conn(c) => c.ask_close(reason),
+            Kind::Conn(c) => {
+                #[cfg(feature = "tls")]
+                if c.can_send() {
+                    c.tls_close_notify();
+                }
+                c.ask_close(reason)
+            }
             _ => true,
         };
         if now {
@@ -1492,6 +1547,130 @@ impl Core {
         self.notices
             .push_back(Notice::Closed(id, CloseReason::Detached, notify));
         Ok(kind)
+    }
+
+    // ----- TLS -----
+
+    /// Runs TLS with `config` on what the listener `id` accepts.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_listen(&mut self, id: ConnId, config: Arc<rustls::ServerConfig>) {
+        self.tls_listeners.push((id, config));
+    }
+
+    /// A connection accepted on `listener`: made a TLS one if the listener
+    /// is a tls:// one. False if that failed (the connection is closed).
+    #[cfg(feature = "tls")]
+    #[cold]
+    #[inline(never)]
+    fn tls_accepted(&mut self, listener: ConnId, id: ConnId) -> bool {
+        let Some((_, config)) = self.tls_listeners.iter().find(|(l, _)| *l == listener) else {
+            return true;
+        };
+        match crate::tls::TlsConn::server(config) {
+            Ok(tls) => {
+                if let Some(c) = self.slots.conn(id) {
+                    c.set_tls(Box::new(tls));
+                }
+                self.tls_deadline(id);
+                true
+            }
+            Err(e) => {
+                log::warn!("{id}: TLS: {e}");
+                self.close(id, CloseReason::Tls, true);
+                false
+            }
+        }
+    }
+
+    /// True for a TLS connection.
+    #[cfg(feature = "tls")]
+    pub(crate) fn is_tls(&mut self, id: ConnId) -> bool {
+        self.slots.conn(id).is_some_and(|c| c.is_tls())
+    }
+
+    /// Sets the handshake deadline of a new TLS connection.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_deadline(&mut self, id: ConnId) {
+        let at = self.tick() + clock::nanos(self.config.tls_handshake_timeout);
+        self.timers.insert(at, None, TimerKind::TlsHandshake(id));
+    }
+
+    /// The handshake deadline of `id` passed: closed if still handshaking.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_timeout(&mut self, id: ConnId) {
+        if self.slots.conn(id).is_some_and(|c| c.tls_handshaking()) {
+            log::debug!("{id}: TLS handshake timeout");
+            self.close(id, CloseReason::Tls, true);
+        }
+    }
+
+    /// Ciphertext read from a TLS connection: fed to its session.
+    #[cfg(feature = "tls")]
+    #[cold]
+    #[inline(never)]
+    fn read_tls(&mut self, id: ConnId, cipher: &[u8]) -> Read {
+        let now = self.now;
+        let max = self.config.max_input;
+        let Some(c) = self.slots.conn(id) else {
+            return Read::Done;
+        };
+        if c.holds_no_input() {
+            c.touch(now);
+        }
+        let before = c.queued();
+        let (fed, fits) = c.tls_feed(cipher, max);
+        if c.queued() != before {
+            self.mark_pending(id); // handshake messages, alerts, tickets
+        }
+        match fed {
+            crate::tls::Fed::Error => {
+                // The alert goes out first, then the connection closes.
+                if self
+                    .slots
+                    .conn(id)
+                    .is_some_and(|c| !c.ask_close(CloseReason::Tls))
+                {
+                    self.mark_pending(id);
+                } else {
+                    self.close(id, CloseReason::Tls, false);
+                }
+                Read::Failed
+            }
+            crate::tls::Fed::Ok { opened, eof } => {
+                if !fits {
+                    self.input_too_large(id);
+                    return Read::Failed;
+                }
+                if opened {
+                    self.notices.push_back(Notice::Open(id));
+                }
+                Read::Tls(cipher.len(), eof)
+            }
+        }
+    }
+
+    /// True if a connection holds input back (to offer it).
+    #[cfg(feature = "tls")]
+    pub(crate) fn holds_input(&mut self, id: ConnId) -> bool {
+        self.slots.conn(id).is_some_and(|c| !c.holds_no_input())
+    }
+
+    /// A TLS connection's send: encrypted into its queue.
+    #[cfg(feature = "tls")]
+    #[cold]
+    #[inline(never)]
+    fn send_tls(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let high = self.queue_check;
+        let Some(c) = self.slots.conn(id) else {
+            return Err(Error::Stale);
+        };
+        c.tls_send(data);
+        let over = c.queued() > high;
+        self.mark_pending(id);
+        if over {
+            return self.over_high_water(id);
+        }
+        Ok(())
     }
 
     // ----- Idle time -----

@@ -674,6 +674,17 @@ impl<H: Handler> EventLoop<H> {
                 Read::Slow => return self.conn_event_slow(id, ready),
                 Read::Eof => return self.on_eof(id),
                 Read::Failed => return self.dispatch_notices(),
+                #[cfg(feature = "tls")]
+                Read::Tls(n, eof) => {
+                    self.dispatch_notices(); // on_open first, when the handshake completed
+                    if self.core.holds_input(id) {
+                        self.offer_held(id);
+                    }
+                    if eof {
+                        return self.on_eof(id);
+                    }
+                    n
+                }
             };
             self.dispatch_notices();
             // A short read ends the loop unless the peer hung up (then the
@@ -783,6 +794,11 @@ impl<H: Handler> EventLoop<H> {
                 .call(&mut self.core, Some(id), |h, cx, _| h.on_refuse(cx, id));
             let _ = self.core.close_graceful(id, CloseReason::Refused);
         } else {
+            // TLS: on_open once the handshake completes (`Read::Tls`).
+            #[cfg(feature = "tls")]
+            if self.core.is_tls(id) {
+                return self.dispatch_notices();
+            }
             self.calls.call(&mut self.core, Some(id), |h, cx, st| {
                 h.on_open(cx, id, st.fresh(id, None))
             });
@@ -927,6 +943,11 @@ impl<H: Handler> EventLoop<H> {
                         });
                         self.dispatch_notices();
                     }
+                }
+                #[cfg(feature = "tls")]
+                TimerKind::TlsHandshake(id) => {
+                    self.core.tls_timeout(id);
+                    self.dispatch_notices();
                 }
                 TimerKind::DrainDeadline => {
                     if self.core.stop_state().draining() {

@@ -1026,12 +1026,18 @@ where
             Transport::Tcp | Transport::Udp | Transport::Unix | Transport::Unixgram if single => {
                 self.listen_on(0, &endpoint, opts)
             }
-            Transport::Tcp if self.balance == Balance::ReusePort => {
+            Transport::Tls if single => self.listen_on(0, &endpoint, opts),
+            // TLS sessions do not move between loops: each loop accepts its own.
+            Transport::Tcp | Transport::Tls if self.balance == Balance::ReusePort => {
                 self.listen_each(endpoint, opts)
             }
             Transport::Tcp | Transport::Unix => self.listen_acceptor(&endpoint, opts),
             Transport::Udp => self.listen_each(endpoint, opts),
             Transport::Unixgram => self.listen_on(0, &endpoint, opts),
+            Transport::Tls => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{endpoint}: tls:// on several loops needs Balance::ReusePort (and the `tls` feature)"),
+            )),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{endpoint} cannot be listened on"),

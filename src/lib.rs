@@ -30,6 +30,13 @@ mod readiness;
 mod remote;
 mod sock;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
+
+/// rustls, whose `ServerConfig` and `ClientConfig` the `tls` feature's
+/// [`ListenOptions::tls`] and [`Context::connect_tls`] take.
+#[cfg(feature = "tls")]
+pub use rustls;
 
 pub use addr::{Addr, Endpoint, ToEndpoint, Transport, UnixAddr};
 pub use close::CloseReason;

@@ -401,6 +401,11 @@ pub struct ListenOptions {
     pub recv_buffer_size: Option<usize>,
     /// SO_SNDBUF, likewise.
     pub send_buffer_size: Option<usize>,
+    /// The TLS configuration of a `tls://` listener (the `tls` feature):
+    /// every accepted connection runs a TLS handshake with it, and the
+    /// handler hears `on_open` once that completes. Required for `tls://`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ListenOptions {
@@ -412,6 +417,8 @@ impl Default for ListenOptions {
             v6_only: None,
             recv_buffer_size: None,
             send_buffer_size: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -470,7 +477,13 @@ fn with_context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
 pub(crate) fn bind(ep: &Endpoint, opts: &ListenOptions, backlog: i32) -> io::Result<Bound> {
     let backlog = opts.backlog.unwrap_or(backlog);
     match (&ep.addr, ep.transport) {
-        (Addr::Inet(a), t @ (Transport::Tcp | Transport::Udp)) => {
+        (Addr::Inet(a), t @ (Transport::Tcp | Transport::Udp | Transport::Tls)) => {
+            // tls:// listens on TCP; the loop runs TLS on what it accepts.
+            let t = if t == Transport::Tls {
+                Transport::Tcp
+            } else {
+                t
+            };
             let ty = if t == Transport::Tcp {
                 Type::STREAM
             } else {

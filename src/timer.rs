@@ -25,6 +25,9 @@ pub(crate) enum TimerKind {
     DrainDeadline,
     /// A connection's timer: `on_conn_timer` fires while it is open.
     Conn(ConnId),
+    /// A TLS connection's handshake deadline: closed if still handshaking.
+    #[cfg(feature = "tls")]
+    TlsHandshake(ConnId),
 }
 
 struct Slot {
