@@ -41,10 +41,12 @@
 //!   its `on_close`; each close reason explained by the script (`Closed` by
 //!   a close, `Reset`/`Error` by a peer reset or drop, `Shutdown` by the
 //!   stop);
+//! - a [`GroupHandle`] call to a loop out of range, or to any loop once the
+//!   group has stopped, gives back `SendError::Closed` with what it carried;
 //! - the spread: round-robin puts the connections of a script on the loops
 //!   within ±1 of each other; least-connections gives each connection made
 //!   alone to a loop with the fewest open;
-//! - after the stop: `GroupStats` connections 0, `accepted` equal to the
+//! - after the stop: `GroupStats` connections 0 and panics 0, `accepted` equal to the
 //!   peers that connected, each loop's handler with nothing open, and the
 //!   process back to the file descriptors it had before the case.
 //!
@@ -72,7 +74,7 @@ use std::time::{Duration, Instant};
 use netloop::socket2::SockRef;
 use netloop::{
     Balance, CloseReason, Config, ConnId, Context, Group, GroupHandle, GroupStats, Handler,
-    RemoteId,
+    RemoteId, SendError,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, RngSeed, TestCaseError, TestError, TestRunner};
@@ -170,6 +172,12 @@ enum Step {
         from: u8,
         conn: u8,
     },
+    /// Send, close, message and run_on to a loop out of range (the id of a
+    /// real connection): each must give back `SendError::Closed`.
+    OutOfRange {
+        conn: u8,
+        past: u8,
+    },
 }
 
 fn step_strategy() -> BoxedStrategy<Step> {
@@ -190,6 +198,7 @@ fn step_strategy() -> BoxedStrategy<Step> {
         1 => ix().prop_map(|conn| Step::RemoteClose { conn }),
         3 => (0u8..4, ix(), len()).prop_map(|(from, conn, len)| Step::CrossSend { from, conn, len }),
         1 => (0u8..4, ix()).prop_map(|(from, conn)| Step::CrossClose { from, conn }),
+        1 => (ix(), 0u8..3).prop_map(|(conn, past)| Step::OutOfRange { conn, past }),
     ]
     .boxed()
 }
@@ -944,6 +953,15 @@ impl Case {
                     false,
                 )?;
             }
+            Step::OutOfRange { conn, past } => {
+                if let Some(c) = self.conn(conn) {
+                    let lp = self.n + usize::from(past);
+                    let rid = RemoteId::new(lp, self.conns[c].rid.id());
+                    if let Err(e) = refused(&self.handle, rid) {
+                        self.bad.push(format!("to loop {lp} of {}: {e}", self.n));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -990,6 +1008,32 @@ impl Drop for Case {
             let _ = thread.join();
         }
     }
+}
+
+/// Checks that every GroupHandle call to `rid` gives back
+/// `SendError::Closed` with what it carried.
+fn refused(handle: &GroupHandle<M>, rid: RemoteId) -> Result<(), String> {
+    let lp = rid.loop_index();
+    match handle.send(rid, vec![1, 2, 3]) {
+        Err(SendError::Closed(data)) if data == [1, 2, 3] => {}
+        r => return Err(format!("send gave {r:?}")),
+    }
+    match handle.close(rid) {
+        Err(SendError::Closed(back)) if back == rid => {}
+        r => return Err(format!("close gave {r:?}")),
+    }
+    let msg = Msg::Close {
+        id: rid.id(),
+        abort: true,
+        token: 0,
+    };
+    if !matches!(handle.message(lp, msg), Err(SendError::Closed(_))) {
+        return Err("message was not refused as closed".into());
+    }
+    if !matches!(handle.run_on(lp, |_, _| {}), Err(SendError::Closed(_))) {
+        return Err("run_on was not refused as closed".into());
+    }
+    Ok(())
 }
 
 /// Parses a peer's stream; each sender's record count, or what is wrong.
@@ -1126,6 +1170,9 @@ fn check(case: &mut Case, stats: &GroupStats, group: &Group<M>) {
             stats.total.connections
         ));
     }
+    if stats.total.panics != 0 {
+        bad.push(format!("{} panics in the loops", stats.total.panics));
+    }
     if stats.total.accepted != accepted {
         bad.push(format!(
             "{} accepted, {accepted} peers opened",
@@ -1151,6 +1198,12 @@ fn check(case: &mut Case, stats: &GroupStats, group: &Group<M>) {
             "undelivered {}, expected {}..={}",
             stats.undelivered, case.undelivered_min, case.undelivered_max
         ));
+    }
+    // After the stop, every call to any loop is refused, by value.
+    for c in &case.conns {
+        if let Err(e) = refused(&case.handle, c.rid) {
+            bad.push(format!("after the stop, to {}: {e}", c.rid));
+        }
     }
     case.bad = bad;
 }
