@@ -737,15 +737,7 @@ impl Core {
         }
         let n = match c.read(buf) {
             Ok(n) if n > 0 => n,
-            Ok(_) => {
-                // A peer gone during the TLS handshake: never opened.
-                #[cfg(feature = "tls")]
-                if c.tls_handshaking() {
-                    self.close(id, CloseReason::Tls, false);
-                    return Read::Failed;
-                }
-                return Read::Eof;
-            }
+            Ok(_) => return self.read_eof(id),
             Err(e) => return self.read_error(id, e),
         };
         self.stats.bytes_read += n as u64;
@@ -764,6 +756,26 @@ impl Core {
             self.zero_copy.open(id);
         }
         Read::Fresh(n)
+    }
+
+    /// A read met end of file. A reset that arrived with the FIN (both
+    /// before the read) is still pending on the socket, and the edge that
+    /// reported them will not come again: check for it, and close with it.
+    #[cold]
+    #[inline(never)]
+    fn read_eof(&mut self, id: ConnId) -> Read {
+        // A peer gone during the TLS handshake: never opened.
+        #[cfg(feature = "tls")]
+        if self.slots.conn(id).is_some_and(|c| c.tls_handshaking()) {
+            self.close(id, CloseReason::Tls, false);
+            return Read::Failed;
+        }
+        let err = match self.slots.conn(id).map(|c| c.stream().take_error()) {
+            Some(Ok(Some(e))) => e,
+            _ => return Read::Eof,
+        };
+        self.close(id, CloseReason::from_io(&err), true);
+        Read::Failed
     }
 
     /// An event reported the peer's end of file, or an error, for a

@@ -155,3 +155,63 @@ fn large_upload_then_half_close_fast_reader_gets_all_bytes_and_eof() {
 fn large_upload_then_half_close_slow_reader_gets_all_bytes_and_eof() {
     uploads("large_upload_slow_reader", true);
 }
+
+/// Records opens and closes; `on_message` keeps the loop busy for a while,
+/// so that the peer's FIN and RST both arrive before it reads again.
+struct FinThenReset(std::sync::mpsc::Sender<Option<netloop::CloseReason>>);
+
+impl netloop::Handler for FinThenReset {
+    type Conn = ();
+    type Msg = Duration;
+    fn on_open(&mut self, _: &mut netloop::Context<'_>, _: netloop::ConnId, _: &mut ()) {
+        let _ = self.0.send(None);
+    }
+    fn on_close(
+        &mut self,
+        _: &mut netloop::Context<'_>,
+        _: netloop::ConnId,
+        _: (),
+        reason: netloop::CloseReason,
+    ) {
+        let _ = self.0.send(Some(reason));
+    }
+    fn on_eof(&mut self, _: &mut netloop::Context<'_>, _: netloop::ConnId, _: &mut ()) {
+        // Keep the connection open, half-closed.
+    }
+    fn on_message(&mut self, _: &mut netloop::Context<'_>, busy: Duration) {
+        let _ = self.0.send(None);
+        thread::sleep(busy);
+    }
+}
+
+/// A peer half-closes and then resets (SO_LINGER 0) before the loop reads
+/// either: the read meets the end of file with the reset still pending on
+/// the socket, and no new edge comes for it. The connection must close
+/// (the handler keeps it open after `on_eof`, so only the reset can close
+/// it), not stay open, half-closed, until the idle timeout. Found by
+/// tests/group_model.rs.
+#[test]
+fn fin_then_reset_before_the_loop_reads_closes_the_connection() {
+    let _watchdog = watchdog("fin_then_reset", Duration::from_secs(60));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = serve(
+        move || FinThenReset(tx),
+        Config::default(),
+        &["tcp://127.0.0.1:0"],
+    );
+    for round in 0..5 {
+        let peer = TcpStream::connect(server.inet()).unwrap();
+        assert_eq!(rx.recv_timeout(STEP).unwrap(), None, "on_open");
+        server.handle.send(Duration::from_millis(100)).unwrap();
+        assert_eq!(rx.recv_timeout(STEP).unwrap(), None, "the loop is busy");
+        peer.shutdown(Shutdown::Write).unwrap();
+        netloop::socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        match rx.recv_timeout(Duration::from_secs(3)) {
+            Ok(Some(_)) => {}
+            other => panic!("round {round}: the connection did not close: {other:?}"),
+        }
+    }
+}

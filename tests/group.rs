@@ -385,7 +385,13 @@ fn cross_loop_sends_keep_each_senders_order() {
             sender,
             count,
         };
-        assert!(running.handle.message(sender as usize % 4, msg).is_ok());
+        if let Err(e) = running.handle.message(sender as usize % 4, msg) {
+            panic!(
+                "sender {sender} to loop {}: {e} (stopping: {})",
+                sender % 4,
+                running.handle.is_stopping()
+            );
+        }
     }
     read_records(&mut s, 8, count);
     let took = started.elapsed();

@@ -588,16 +588,30 @@ fn upstream_reset_mid_stream_resets_the_client() {
     // More on its way up when the upstream resets. (Written before
     // reading, from this thread: a write racing the read could take the
     // reset's error from it, the kernel reporting it once.)
-    s.write_all(&[b'c'; 200_000]).unwrap();
+    // On a loaded machine the reset can reach the client while this write
+    // still blocks: then the write meets it (EPIPE or ECONNRESET), which
+    // shows the same thing.
     let start = Instant::now();
-    let mut got = Vec::new();
-    let end = s.read_to_end(&mut got);
+    let reset = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )
+    };
+    match s.write_all(&[b'c'; 200_000]) {
+        Ok(()) => {
+            let mut got = Vec::new();
+            let end = s.read_to_end(&mut got);
+            assert!(
+                matches!(&end, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+                "expected a reset after {} more bytes, got {end:?}",
+                got.len()
+            );
+        }
+        Err(e) if reset(&e) => {}
+        Err(e) => panic!("writing to the proxy: {e}"),
+    }
     assert!(start.elapsed() < STEP, "the client was not closed");
-    assert!(
-        matches!(&end, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-        "expected a reset after {} more bytes, got {end:?}",
-        got.len()
-    );
     drop(s);
     proxy.wait_fds(base_fds);
     proxy.assert_healthy();
