@@ -354,9 +354,15 @@ impl Handler for Bomb {
                 Cb::Data => panic!("boom in Data"),
                 Cb::Backpressure => {
                     // Far over the high-water mark, to a client that does not
-                    // read: more than loopback's kernel buffers can take even
-                    // fully grown (a few MB each side), under the 64 MiB cap.
-                    let _ = cx.send(id, &vec![0u8; 48 << 20]);
+                    // read. The kernel's buffers are made small first (the
+                    // client's receive buffer too): loopback's can grow to
+                    // take tens of MB in one send, and then nothing is
+                    // queued and no backpressure comes (measured: a 48 MiB
+                    // send taken whole).
+                    if let Ok(sock) = cx.socket(id) {
+                        let _ = sock.set_send_buffer_size(16 * 1024);
+                    }
+                    let _ = cx.send(id, &vec![0u8; 8 << 20]);
                     return data.len();
                 }
                 _ => {}
@@ -641,7 +647,17 @@ fn panic_in_on_backpressure_closes_only_that_connection() {
     let _serial = serial();
     let _w = watchdog("panic_in_on_backpressure", Duration::from_secs(60));
     let s = scene(Cb::Backpressure, Config::default());
-    let mut culprit = armed_client(&s, false);
+    let sock = netloop::socket2::Socket::new(
+        netloop::socket2::Domain::IPV4,
+        netloop::socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect_timeout(&s.server.inet().into(), STEP).unwrap();
+    let mut culprit: TcpStream = sock.into();
+    culprit.set_read_timeout(Some(STEP)).unwrap();
+    culprit.write_all(b"arm\n").unwrap();
     sees_closed(&mut culprit);
     s.after_the_panic();
 }
