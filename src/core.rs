@@ -954,7 +954,6 @@ impl Core {
     /// what follows bytes already queued.
     pub(crate) fn send_owned(&mut self, id: ConnId, data: Vec<u8>) -> Result<(), Error> {
         let now = self.now;
-        let high = self.queue_check;
         if self.zero_copy.is(id) {
             self.settle();
         }
@@ -973,12 +972,7 @@ impl Core {
                     }
                 }
                 c.push_owned(data, sent);
-                let over = c.queued() > high;
-                self.mark_pending(id);
-                if over {
-                    return self.over_high_water(id);
-                }
-                Ok(())
+                self.after_queued(id)
             }
             Kind::Conn(_) => Err(Error::Closing),
             Kind::Dgram(_) => self.send_dgram(id, &data, None),
@@ -1018,12 +1012,7 @@ impl Core {
                 if !queued {
                     return Ok(());
                 }
-                let over = c.queued() > self.queue_check;
-                self.mark_pending(id);
-                if over {
-                    return self.over_high_water(id);
-                }
-                Ok(())
+                self.after_queued(id)
             }
             Kind::Conn(_) => Err(Error::Closing),
             Kind::Dgram(_) => self.send_dgram(id, &bufs.concat(), None),
@@ -1101,12 +1090,18 @@ impl Core {
     /// Appends to a live connection's queue (growing it), marks it pending
     /// and applies the high-water mark.
     fn enqueue(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.queue_check;
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
         c.push(data);
-        let over = c.queued() > high;
+        self.after_queued(id)
+    }
+
+    /// After bytes were added to a connection's queue: it is flushed before
+    /// the next poll, and the high-water mark (or the hard cap) applies.
+    fn after_queued(&mut self, id: ConnId) -> Result<(), Error> {
+        let limit = self.queue_check;
+        let over = self.slots.conn(id).is_some_and(|c| c.queued() > limit);
         self.mark_pending(id);
         if over {
             return self.over_high_water(id);
@@ -1672,17 +1667,11 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn send_tls(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let high = self.queue_check;
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
         c.tls_send(data);
-        let over = c.queued() > high;
-        self.mark_pending(id);
-        if over {
-            return self.over_high_water(id);
-        }
-        Ok(())
+        self.after_queued(id)
     }
 
     // ----- Idle time -----
