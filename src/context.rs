@@ -435,6 +435,9 @@ impl<'a> Context<'a> {
     /// # Errors
     /// [`Error::Stale`].
     pub fn transport(&mut self, id: ConnId) -> Result<Transport, Error> {
+        if self.core.is_tls(id) {
+            return Ok(Transport::Tls);
+        }
         Ok(match self.core.entry(id)? {
             Kind::Listener { l, .. } => l.transport(),
             Kind::Conn(c) => c.stream().transport(),
@@ -582,7 +585,8 @@ impl<'a> Context<'a> {
     ///
     /// # Errors
     /// [`Error::Stale`], [`Error::WrongKind`] for a registered fd (the loop
-    /// never owned it: use `close`).
+    /// owns it: use `close`) and for a TLS connection or listener (the TLS
+    /// session cannot go with the bare socket).
     pub fn detach(&mut self, id: ConnId) -> Result<Detached, Error> {
         let (socket, unsent, unread) = match self.core.detach(id)? {
             Kind::Conn(c) => {

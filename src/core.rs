@@ -634,6 +634,20 @@ impl Core {
         }
     }
 
+    /// True for a TLS connection or listener.
+    pub(crate) fn is_tls(&mut self, id: ConnId) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls_listeners.iter().any(|(l, _)| *l == id)
+                || self.slots.conn(id).is_some_and(|c| c.is_tls())
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = id;
+            false
+        }
+    }
+
     /// Frees the slot of a socket whose close the handler is being told.
     pub(crate) fn free(&mut self, id: ConnId) {
         if matches!(self.slots.named(id), Some(Kind::Closed)) {
@@ -1537,7 +1551,7 @@ impl Core {
     /// Takes a socket out for `detach`: the handler hears
     /// [`CloseReason::Detached`].
     pub(crate) fn detach(&mut self, id: ConnId) -> Result<Kind, Error> {
-        if matches!(self.entry(id)?, Kind::Fd(_)) {
+        if matches!(self.entry(id)?, Kind::Fd(_)) || self.is_tls(id) {
             return Err(Error::WrongKind);
         }
         let kind = self.take(id)?;
@@ -1587,12 +1601,6 @@ impl Core {
                 false
             }
         }
-    }
-
-    /// True for a TLS connection.
-    #[cfg(feature = "tls")]
-    pub(crate) fn is_tls(&mut self, id: ConnId) -> bool {
-        self.slots.conn(id).is_some_and(|c| c.is_tls())
     }
 
     /// Sets the handshake deadline of a new TLS connection.

@@ -376,3 +376,64 @@ fn tls_url_without_server_config_is_invalid_input() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("tls://127.0.0.1:0"), "{err}");
 }
+
+/// A TLS connection reports its transport as TLS, and cannot be detached
+/// (the TLS session cannot go with the bare socket).
+#[test]
+fn tls_connection_says_tls_and_is_not_detached() {
+    struct Probe {
+        seen: Option<(netloop::Transport, bool, netloop::Transport)>,
+        listener: Option<ConnId>,
+    }
+    impl Handler for Probe {
+        type Conn = ();
+        type Msg = ();
+        fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+            let transport = cx.transport(id).unwrap();
+            let refused = matches!(cx.detach(id), Err(netloop::Error::WrongKind));
+            let listener = cx.transport(self.listener.unwrap()).unwrap();
+            self.seen = Some((transport, refused, listener));
+            let _ = cx.close(id);
+        }
+    }
+    let pki = pki();
+    let mut el = EventLoop::new(Probe {
+        seen: None,
+        listener: None,
+    })
+    .unwrap();
+    let opts = ListenOptions {
+        tls: Some(pki.server.clone()),
+        ..ListenOptions::default()
+    };
+    let l = el.listen_with("tls://127.0.0.1:0", &opts).unwrap();
+    el.handler_mut().listener = Some(l);
+    let port = el
+        .context()
+        .local_addr(l)
+        .unwrap()
+        .as_inet()
+        .unwrap()
+        .port();
+    let ca = pki.ca.clone();
+    let client = thread::spawn(move || {
+        let mut c = connect(port, &ca);
+        let _ = c.write_all(b"hi");
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while el.handler().seen.is_none() {
+        assert!(Instant::now() < deadline, "no on_open");
+        el.run_once(Some(Duration::from_millis(50))).unwrap();
+    }
+    let (transport, refused, listener) = el.handler().seen.unwrap();
+    assert_eq!(transport, netloop::Transport::Tls);
+    assert!(refused, "detach of a TLS connection must be refused");
+    assert_eq!(listener, netloop::Transport::Tls);
+    for _ in 0..20 {
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    drop(el);
+    client.join().unwrap();
+}
