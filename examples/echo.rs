@@ -78,8 +78,8 @@ fn main() {
     let mut opts = netloop::ListenOptions::default();
     #[cfg(feature = "tls")]
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        match tls_config(cert, key) {
-            Ok(config) => opts.tls = Some(config),
+        match netloop::tls::server_config(cert, key) {
+            Ok(config) => opts.tls = Some(std::sync::Arc::new(config)),
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(1);
@@ -90,35 +90,6 @@ fn main() {
         eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
     }
-}
-
-/// A TLS server configuration from PEM files (rustls's own PEM parsing).
-#[cfg(feature = "tls")]
-fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> std::io::Result<std::sync::Arc<netloop::rustls::ServerConfig>> {
-    use netloop::rustls::pki_types::pem::PemObject;
-    use netloop::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{}: {e}", what.display()),
-        )
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
-    let provider = std::sync::Arc::new(netloop::rustls::crypto::ring::default_provider());
-    let config = netloop::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(cert, &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| bad(cert, &e))?;
-    Ok(std::sync::Arc::new(config))
 }
 
 fn serve(urls: &[String], loops: usize, opts: &netloop::ListenOptions) -> std::io::Result<()> {

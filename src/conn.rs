@@ -601,6 +601,12 @@ impl Conn {
     }
 
     /// True for a TLS connection whose handshake has not completed.
+    /// The TLS session, if this is a TLS connection.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(&self) -> Option<&crate::tls::TlsConn> {
+        self.tls.as_deref()
+    }
+
     #[cfg(feature = "tls")]
     pub(crate) fn tls_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())

@@ -446,6 +446,43 @@ impl<'a> Context<'a> {
         })
     }
 
+    /// The application protocol a TLS connection agreed by ALPN (`None`
+    /// before the handshake completes, or when the peers agreed none). Set
+    /// the protocols offered in the rustls configuration's
+    /// `alpn_protocols`.
+    ///
+    /// # Errors
+    /// [`Error::Stale`]; [`Error::WrongKind`] for anything but a TLS
+    /// connection.
+    #[cfg(feature = "tls")]
+    pub fn alpn_protocol(&mut self, id: ConnId) -> Result<Option<&[u8]>, Error> {
+        Ok(self.tls_session(id)?.alpn_protocol())
+    }
+
+    /// The certificate chain the peer of a TLS connection presented, the
+    /// peer's own first (`None` before the handshake completes, and on a
+    /// server that did not ask for client certificates).
+    ///
+    /// # Errors
+    /// [`Error::Stale`]; [`Error::WrongKind`] for anything but a TLS
+    /// connection.
+    #[cfg(feature = "tls")]
+    pub fn peer_certificates(
+        &mut self,
+        id: ConnId,
+    ) -> Result<Option<&[rustls::pki_types::CertificateDer<'static>]>, Error> {
+        Ok(self.tls_session(id)?.peer_certificates())
+    }
+
+    /// A TLS connection's session.
+    #[cfg(feature = "tls")]
+    fn tls_session(&mut self, id: ConnId) -> Result<&crate::tls::TlsConn, Error> {
+        match self.core.entry(id)? {
+            Kind::Conn(c) => c.tls().ok_or(Error::WrongKind),
+            _ => Err(Error::WrongKind),
+        }
+    }
+
     /// True if the id is a stream connection that has been accepted or has
     /// finished connecting, and is not closed.
     pub fn is_open(&mut self, id: ConnId) -> bool {

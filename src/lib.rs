@@ -31,7 +31,7 @@ mod remote;
 mod sock;
 mod timer;
 #[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 
 /// rustls, whose `ServerConfig` and `ClientConfig` the `tls` feature's
 /// [`ListenOptions::tls`] and [`Context::connect_tls`] take.

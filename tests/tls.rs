@@ -437,3 +437,69 @@ fn tls_connection_says_tls_and_is_not_detached() {
     drop(el);
     client.join().unwrap();
 }
+
+/// ALPN and the peer's certificates, from the Context once on_open comes;
+/// a plain connection is the wrong kind.
+#[test]
+fn alpn_and_peer_certificates_from_the_context() {
+    let pki = pki();
+    let mut server = (*pki.server).clone();
+    server.alpn_protocols = vec![b"echo/1".to_vec()];
+    let server = Server::start(Arc::new(server), Duration::from_secs(10));
+    #[derive(Default)]
+    struct Client {
+        ca: Vec<u8>,
+        alpn: Option<Vec<u8>>,
+        chain: usize,
+        leaf_is_the_ca: bool,
+    }
+    impl Handler for Client {
+        type Conn = ();
+        type Msg = ();
+        fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+            self.alpn = cx.alpn_protocol(id).unwrap().map(<[u8]>::to_vec);
+            let chain = cx.peer_certificates(id).unwrap().unwrap_or_default();
+            self.chain = chain.len();
+            self.leaf_is_the_ca = chain.first().is_some_and(|c| c.as_ref() == self.ca);
+            let _ = cx.close(id);
+        }
+        fn on_close(&mut self, cx: &mut Context<'_>, _: ConnId, _: (), _: CloseReason) {
+            cx.stop();
+        }
+    }
+    let mut el = EventLoop::new(Client {
+        ca: pki.ca.as_ref().to_vec(),
+        ..Client::default()
+    })
+    .unwrap();
+    let mut client = (*client_config(&pki.ca)).clone();
+    client.alpn_protocols = vec![b"other".to_vec(), b"echo/1".to_vec()];
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let id = el
+        .context()
+        .connect_tls(url.as_str(), Arc::new(client), "localhost")
+        .unwrap();
+    assert_eq!(
+        el.context().alpn_protocol(id).unwrap(),
+        None,
+        "no ALPN before the handshake"
+    );
+    let plain = el
+        .context()
+        .connect(format!("tcp://127.0.0.1:{}", server.port).as_str())
+        .unwrap();
+    assert!(matches!(
+        el.context().alpn_protocol(plain),
+        Err(netloop::Error::WrongKind)
+    ));
+    assert!(matches!(
+        el.context().peer_certificates(plain),
+        Err(netloop::Error::WrongKind)
+    ));
+    el.context().abort(plain).unwrap();
+    el.run().unwrap();
+    let h = el.handler();
+    assert_eq!(h.alpn.as_deref(), Some(&b"echo/1"[..]));
+    assert_eq!(h.chain, 1, "the server presents its own certificate");
+    assert!(!h.leaf_is_the_ca, "the leaf is the server's, not the CA");
+}

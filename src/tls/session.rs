@@ -1,10 +1,10 @@
-//! TLS over TCP (the `tls` feature): one connection's rustls session, driven
-//! sans-IO. The loop reads ciphertext into its read buffer and hands it here
-//! ([`TlsConn::feed`]): the plaintext comes back appended to the
-//! connection's held input, and whatever rustls must send (handshake
-//! messages, alerts, session tickets) appended to its output queue. A send
-//! goes the other way ([`TlsConn::encrypt`]). Nothing here touches a socket:
-//! outcomes are values, as in `conn`.
+//! One connection's rustls session, driven sans-IO. The loop reads
+//! ciphertext into its read buffer and hands it here ([`TlsConn::feed`]):
+//! the plaintext comes back appended to the connection's held input, and
+//! whatever rustls must send (handshake messages, alerts, session tickets)
+//! appended to its output queue. A send goes the other way
+//! ([`TlsConn::encrypt`]). Nothing here touches a socket: outcomes are
+//! values, as in `conn`.
 
 use std::io::{self, Read as _, Write as _};
 use std::sync::Arc;
@@ -136,5 +136,21 @@ impl TlsConn {
     pub(crate) fn close_notify(&mut self, out: &mut Vec<u8>) {
         self.conn.send_close_notify();
         self.pending(out);
+    }
+}
+
+impl TlsConn {
+    /// The protocol agreed by ALPN, once the handshake has completed.
+    pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The certificate chain the peer presented, once the handshake has
+    /// completed (a server sees one only when it asked for client
+    /// certificates).
+    pub(crate) fn peer_certificates(
+        &self,
+    ) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
     }
 }

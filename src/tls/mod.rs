@@ -1,0 +1,155 @@
+//! TLS over TCP (the `tls` feature): configurations from PEM files.
+//!
+//! The loop drives each TLS connection itself (see the README's TLS
+//! section): listen on a `tls://` address with
+//! [`ListenOptions::tls`](crate::ListenOptions::tls), connect with
+//! [`Context::connect_tls`](crate::Context::connect_tls); the handler sees
+//! plaintext. This module makes the rustls configurations those take from
+//! the PEM files a server is usually given, with rustls's `ring` provider
+//! and its safe default protocol versions (TLS 1.2 and 1.3). Each returns
+//! the configuration itself, not yet in an `Arc`, so that fields such as
+//! `alpn_protocols` can be set first.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! # fn main() -> std::io::Result<()> {
+//! let mut server = netloop::tls::server_config("cert.pem", "key.pem")?;
+//! server.alpn_protocols = vec![b"http/1.1".to_vec()];
+//! let opts = netloop::ListenOptions { tls: Some(Arc::new(server)), ..Default::default() };
+//! let client = Arc::new(netloop::tls::client_config("ca.pem")?);
+//! # let _ = (opts, client);
+//! # Ok(())
+//! # }
+//! ```
+
+mod session;
+
+pub(crate) use session::{Fed, TlsConn};
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// The crypto provider every configuration made here uses: rustls's `ring`.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// An `InvalidInput` error naming the file.
+fn bad(path: &Path, e: &dyn std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}: {e}", path.display()),
+    )
+}
+
+/// Every certificate in a PEM file, in order; an error if there is none.
+fn certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(path, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(path, &e))?;
+    if certs.is_empty() {
+        return Err(bad(path, &"no CERTIFICATE block in the file"));
+    }
+    Ok(certs)
+}
+
+/// A server configuration from a certificate chain (PEM, the server's
+/// certificate first) and its private key (PEM: PKCS#8, PKCS#1 or SEC1),
+/// without client authentication.
+///
+/// # Errors
+/// `InvalidInput` naming the file: unreadable, no certificate or key in it,
+/// or a key that does not match the certificate.
+pub fn server_config(
+    cert_pem: impl AsRef<Path>,
+    key_pem: impl AsRef<Path>,
+) -> io::Result<ServerConfig> {
+    let (cert_pem, key_pem) = (cert_pem.as_ref(), key_pem.as_ref());
+    let certs = certificates(cert_pem)?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| bad(key_pem, &e))?;
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert_pem, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(key_pem, &e))
+}
+
+/// A client configuration that trusts the certificates of a PEM file (a CA,
+/// or a server's own self-signed certificate), without client
+/// authentication.
+///
+/// # Errors
+/// `InvalidInput` naming the file: unreadable, or no certificate rustls
+/// accepts as a trust anchor in it.
+pub fn client_config(ca_pem: impl AsRef<Path>) -> io::Result<ClientConfig> {
+    let ca_pem = ca_pem.as_ref();
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca_pem)? {
+        roots.add(cert).map_err(|e| bad(ca_pem, &e))?;
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(ca_pem, &e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("netloop-tls-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = server_config("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
+        let e = client_config("/nonexistent/ca.pem").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn pem_files_from_rcgen_load_and_a_wrong_key_is_named() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = temp("cert.pem", &cert.pem());
+        let key_path = temp("key.pem", &key.serialize_pem());
+        server_config(&cert_path, &key_path).unwrap();
+        client_config(&cert_path).unwrap();
+        let other = temp(
+            "other-key.pem",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let e = server_config(&cert_path, &other).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(&*other.to_string_lossy()), "{e}");
+        for p in [cert_path, key_path, other] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn file_without_certificate_is_named() {
+        let path = temp("empty.pem", "not a certificate\n");
+        let e = client_config(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
+        assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
