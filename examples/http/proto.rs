@@ -287,13 +287,33 @@ fn error_text(e: httparse::Error) -> &'static str {
 /// The page `GET /` returns.
 pub const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>netloop</title></head>\n<body><h1>netloop</h1><p>HTTP/1.1 on an event loop. Try <a href=\"/plaintext\">/plaintext</a> or <code>POST /echo</code>.</p></body></html>\n";
 
+/// The most `GET /bytes/N` returns.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// The body of `GET /bytes/N`: its first N bytes.
+static FILL: [u8; MAX_BYTES] = [b'x'; MAX_BYTES];
+
+/// The N of `/bytes/N`: digits only, at most [`MAX_BYTES`].
+fn bytes_len(path: &str) -> Option<usize> {
+    let n = path.strip_prefix("/bytes/")?;
+    if n.is_empty() || n.len() > 8 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok().filter(|&n| n <= MAX_BYTES)
+}
+
 /// Answers one complete request into `out`.
 pub fn respond(req: &Request<'_>, date: &str, out: &mut Vec<u8>) {
     let head = req.method == "HEAD";
     let get = req.method == "GET" || head;
     let path = req.path.split('?').next().unwrap_or("");
+    let bytes = bytes_len(path);
     let (status, ctype, body, allow): (u16, &str, &[u8], &str) = match path {
         "/plaintext" if get => (200, "text/plain", b"Hello, World!", ""),
+        _ if get && bytes.is_some() => {
+            let n = bytes.unwrap_or(0);
+            (200, "application/octet-stream", &FILL[..n], "")
+        }
         "/" if get => (200, "text/html; charset=utf-8", INDEX.as_bytes(), ""),
         "/echo" if req.method == "POST" => (200, "application/octet-stream", req.body, ""),
         "/plaintext" | "/" => (405, "text/plain", b"method not allowed\n", "GET, HEAD"),
@@ -485,6 +505,29 @@ mod tests {
         assert!(out.ends_with("Content-Length: 13\r\n\r\n"), "{out}");
         let (out, _) = run(b"GET /plaintext?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(out.ends_with("Hello, World!"));
+    }
+
+    #[test]
+    fn bytes_n() {
+        let (out, _) = run(b"GET /bytes/65536 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("Content-Length: 65536\r\n"), "{out}");
+        assert!(out.ends_with(&"x".repeat(65536)));
+        let (out, _) = run(b"GET /bytes/0 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.ends_with("Content-Length: 0\r\n\r\n"), "{out}");
+        let (out, _) = run(b"GET /bytes/1048576 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.contains("Content-Length: 1048576\r\n"));
+        for bad in [
+            "/bytes/1048577",
+            "/bytes/",
+            "/bytes/-1",
+            "/bytes/+5",
+            "/bytes/99999999999",
+        ] {
+            let req = format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let (out, _) = run(req.as_bytes());
+            assert!(out.starts_with("HTTP/1.1 404 "), "{bad}: {out}");
+        }
     }
 
     #[test]
