@@ -10,6 +10,16 @@
 # medians of ROUNDS (default 3) are printed as a Markdown table, with wrk's
 # socket errors and non-2xx responses summed.
 #
+# TLS=1 adds three tests over TLS, both servers with one certificate (ECDSA
+# P-256, made here by openssl): `tls-plaintext` (GET /plaintext on
+# keep-alive connections), `tls-64k` (GET /bytes/65536 on keep-alive
+# connections: nginx serves a 64 KiB file) and `tls-handshakes` (GET
+# /plaintext with `Connection: close`: each request a new connection and a
+# full handshake, since wrk resumes no session; req/s is handshakes/s).
+# The example must then be built with the feature:
+#   cargo build --release --features tls --example http
+# TESTS="..." picks tests (default: plain pipeline16, and the TLS ones).
+#
 # BUDGET=PCT (default 30) puts both servers in one cgroup whose CPU quota is
 # PCT% of one core (see benches/budget.sh; needs root); BUDGET= runs them
 # unbounded. One server is loaded at a time, so each has the whole quota
@@ -43,9 +53,21 @@ http {
     server {
         listen 127.0.0.1:8091;
         location /plaintext { default_type text/plain; return 200 "Hello, World!"; }
+        location /bytes/ { root $dir/www; default_type application/octet-stream; }
     }
 }
 CONF
+tls=${TLS:-}
+tests=${TESTS:-plain pipeline16${tls:+ tls-plaintext tls-64k tls-handshakes}}
+mkdir -p "$dir/www/bytes"
+head -c 65536 /dev/zero | tr '\0' x >"$dir/www/bytes/65536"
+if [ -n "$tls" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+    # nginx: the same certificate, its defaults otherwise (TLS 1.2 and 1.3).
+    sed -i "s|^    server {|    server {\n        listen 127.0.0.1:8093 ssl;\n        ssl_certificate $dir/cert.pem;\n        ssl_certificate_key $dir/key.pem;|" "$dir/nginx.conf"
+fi
 cat >"$dir/pipeline.lua" <<'LUA'
 init = function(args)
     local r = {}
@@ -57,7 +79,9 @@ LUA
 
 taskset -c 0 nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
 nginx=$!
-RUST_LOG=warn taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/examples/http" --listen tcp://127.0.0.1:8090 &
+listen=(--listen tcp://127.0.0.1:8090)
+[ -n "$tls" ] && listen+=(--listen tls://127.0.0.1:8092 --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem")
+RUST_LOG=warn taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/examples/http" "${listen[@]}" &
 http=$!
 trap 'kill -TERM $nginx $http 2>/dev/null || true; wait || true; rm -rf "$dir"; budget_cleanup' EXIT
 for port in 8091 8090; do
@@ -71,17 +95,25 @@ if [ -n "$budget" ]; then
 fi
 
 run() { # run SERVER PORT TEST
-    local extra=()
-    [ "$3" = pipeline16 ] && extra=(-s "$dir/pipeline.lua")
+    local extra=() url="http://127.0.0.1:$2/plaintext"
+    case $3 in
+    pipeline16) extra=(-s "$dir/pipeline.lua") ;;
+    tls-plaintext) url="https://127.0.0.1:$(($2 + 2))/plaintext" ;;
+    tls-64k) url="https://127.0.0.1:$(($2 + 2))/bytes/65536" ;;
+    tls-handshakes)
+        url="https://127.0.0.1:$(($2 + 2))/plaintext"
+        extra=(-H "Connection: close")
+        ;;
+    esac
     local out rps errors
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${duration}s" "${extra[@]}" "http://127.0.0.1:$2/plaintext")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${duration}s" "${extra[@]}" "$url")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     errors=$(awk '/Socket errors:/ {gsub(",", ""); s += $4 + $6 + $8 + $10} /Non-2xx/ {s += $NF} END {print s + 0}' <<<"$out")
     echo "$1 $3 $rps $errors" >>"$results"
 }
 
 for round in $(seq "$rounds"); do
-    for test in plain pipeline16; do
+    for test in $tests; do
         if [ $((round % 2)) = 1 ]; then
             run netloop 8090 $test
             run nginx 8091 $test
@@ -95,7 +127,7 @@ done
 echo
 echo "| test | netloop http req/s | nginx req/s | ratio | errors (netloop/nginx) |"
 echo "|---|---:|---:|---:|---:|"
-for test in plain pipeline16; do
+for test in $tests; do
     median() { awk -v s="$1" -v t="$test" '$1 == s && $2 == t {print $3}' "$results" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
     errs() { awk -v s="$1" -v t="$test" '$1 == s && $2 == t {e += $4} END {print e + 0}' "$results"; }
     n=$(median netloop)

@@ -10,17 +10,52 @@
 //! the configuration itself, not yet in an `Arc`, so that fields such as
 //! `alpn_protocols` can be set first.
 //!
+//! A whole TLS echo server (certificate and key in PEM files; try it with
+//! `openssl s_client -connect 127.0.0.1:7443 -CAfile cert.pem`):
+//!
 //! ```no_run
 //! use std::sync::Arc;
-//! # fn main() -> std::io::Result<()> {
-//! let mut server = netloop::tls::server_config("cert.pem", "key.pem")?;
-//! server.alpn_protocols = vec![b"http/1.1".to_vec()];
-//! let opts = netloop::ListenOptions { tls: Some(Arc::new(server)), ..Default::default() };
-//! let client = Arc::new(netloop::tls::client_config("ca.pem")?);
-//! # let _ = (opts, client);
-//! # Ok(())
-//! # }
+//!
+//! use netloop::{CloseReason, ConnId, Context, EventLoop, Handler, ListenOptions};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     type Conn = ();
+//!     type Msg = ();
+//!
+//!     // After the handshake: the peer is authenticated, ALPN agreed.
+//!     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+//!         let alpn = cx.alpn_protocol(id).ok().flatten().map(<[u8]>::to_vec);
+//!         log::info!("{id} open, ALPN {alpn:?}");
+//!     }
+//!
+//!     // Plaintext in, plaintext out: the loop decrypts and encrypts.
+//!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+//!         let _ = cx.send(id, data);
+//!         data.len()
+//!     }
+//!
+//!     // A failed or timed-out handshake closes with CloseReason::Tls.
+//!     fn on_close(&mut self, _: &mut Context<'_>, id: ConnId, _: (), why: CloseReason) {
+//!         log::info!("{id} closed: {why:?}");
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let mut config = netloop::tls::server_config("cert.pem", "key.pem")?;
+//!     config.alpn_protocols = vec![b"echo".to_vec()];
+//!     let opts = ListenOptions { tls: Some(Arc::new(config)), ..Default::default() };
+//!     let mut event_loop = EventLoop::new(Echo)?;
+//!     event_loop.listen_with("tls://127.0.0.1:7443", &opts)?;
+//!     event_loop.stop_on_signals()?; // Ctrl-C: close_notify to each client
+//!     event_loop.run()
+//! }
 //! ```
+//!
+//! A client trusts a CA (or a self-signed server certificate) from a PEM
+//! file: `Context::connect_tls("tls://host:7443",
+//! Arc::new(netloop::tls::client_config("ca.pem")?), "host")`.
 
 mod session;
 
