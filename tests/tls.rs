@@ -503,3 +503,24 @@ fn alpn_and_peer_certificates_from_the_context() {
     assert_eq!(h.chain, 1, "the server presents its own certificate");
     assert!(!h.leaf_is_the_ca, "the leaf is the server's, not the CA");
 }
+
+/// A graceful stop sends close_notify: the client reads a clean end (a
+/// bare TCP end of file would be rustls's UnexpectedEof).
+#[test]
+fn stop_sends_close_notify() {
+    let pki = pki();
+    let server = Server::start(pki.server.clone(), Duration::from_secs(10));
+    let mut c = connect(server.port, &pki.ca);
+    c.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got).unwrap();
+    server.handle.stop();
+    let mut rest = Vec::new();
+    let end = c.read_to_end(&mut rest);
+    assert!(
+        matches!(end, Ok(0)),
+        "a clean end after close_notify, not {end:?}"
+    );
+    let evs = server.wait_for(|e| closed_with(e).is_some());
+    assert_eq!(closed_with(&evs), Some(CloseReason::Shutdown));
+}
