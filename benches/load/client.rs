@@ -911,7 +911,8 @@ impl Handler for Client {
                 i,
                 &format!(
                     "the TLS handshake failed ({reason:?}): a certificate that --tls-ca does not \
-                     trust or that is not valid for --tls-name, or a server that does not speak TLS"
+                     trust or that is not valid for --tls-name, or a server that does not speak \
+                     TLS (RUST_LOG=netloop=debug shows rustls's reason)"
                 ),
             );
             return;

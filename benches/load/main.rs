@@ -158,7 +158,9 @@ struct Args {
 
     /// TLS: the PEM file of the CA that signed the server's certificate, or
     /// of the server's self-signed certificate, to trust. Required with
-    /// --addr and TLS.
+    /// --addr and TLS. rustls refuses a server certificate that is itself
+    /// marked as a CA (CA:TRUE, which `openssl req -x509` sets unless given
+    /// `-addext basicConstraints=critical,CA:FALSE`).
     #[arg(long, value_name = "PEM", requires = "addr")]
     tls_ca: Option<std::path::PathBuf>,
 
@@ -311,6 +313,9 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let args = Args::parse();
+    // Silent unless asked: RUST_LOG=netloop=debug shows, for one, why a TLS
+    // handshake failed.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let limit = os::raise_nofile();
     let result = if raw.is_empty() || args.suite {
         suite(&args, limit)
