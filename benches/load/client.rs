@@ -13,6 +13,12 @@
 //! them and at most one chunk waits in the loop's own queue; what comes back
 //! is checked the same way, and each message is timed from its chunk's write
 //! to the arrival of its last echoed byte.
+//!
+//! Over TLS (`Plan::tls`, the `tls` feature) each connection is made with
+//! `Context::connect_tls`; everything else is the same, on plaintext. The
+//! handshake churn (`Plan::handshakes`) connects, counts the handshake
+//! (timed from the connect to `on_open`), closes (a close_notify, then the
+//! socket) and connects again, sending no data.
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
@@ -47,7 +53,10 @@ pub struct Plan {
     pub rate: Option<f64>, // open loop: messages per second, all threads together
     pub churn: bool,       // connect, one round trip, close, again
     pub firehose: bool,    // write continuously, whatever the replies do
+    pub handshakes: bool,  // TLS: connect, handshake, close gracefully, again
     pub timeout: Duration, // a reply (or a connect) later than this is an error
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ClientTls>, // connect with TLS
 }
 
 impl Plan {
@@ -354,7 +363,9 @@ pub fn run(
     let mut config = Config {
         // The bench decides what is too slow (--timeout), not an idle sweep.
         idle_timeout: None,
-        max_connections: conns + 64,
+        // --handshakes: a connection closed gracefully stays in the loop
+        // until its close_notify is flushed, while its successor connects.
+        max_connections: conns * if plan.handshakes { 2 } else { 1 } + 64,
         events_capacity: 4096,
         ..Config::default()
     };
@@ -406,7 +417,14 @@ impl Client {
         slot.recvd = 0;
         slot.inflight.clear();
         slot.started = Instant::now();
-        match cx.connect(&self.plan.target) {
+        #[cfg(feature = "tls")]
+        let started = match &self.plan.tls {
+            Some(tls) => cx.connect_tls(&self.plan.target, tls.config.clone(), &tls.name),
+            None => cx.connect(&self.plan.target),
+        };
+        #[cfg(not(feature = "tls"))]
+        let started = cx.connect(&self.plan.target);
+        match started {
             Ok(id) => {
                 slot.id = Some(id);
                 slot.phase = Phase::Connecting;
@@ -441,6 +459,19 @@ impl Client {
     fn replace(&mut self, cx: &mut Context<'_>, i: usize) {
         if let Some(id) = self.slots[i].id.take() {
             let _ = cx.abort(id);
+        }
+        self.slots[i].phase = Phase::Idle;
+        if !self.ended {
+            self.connect(cx, i);
+        }
+    }
+
+    /// Handshake churn: closes slot `i`'s connection gracefully (TLS: a
+    /// close_notify, then the socket is closed once that is written) and
+    /// starts a new one. The old id's `on_close` is then ignored.
+    fn renew(&mut self, cx: &mut Context<'_>, i: usize) {
+        if let Some(id) = self.slots[i].id.take() {
+            let _ = cx.close(id);
         }
         self.slots[i].phase = Phase::Idle;
         if !self.ended {
@@ -737,7 +768,13 @@ impl Handler for Client {
             slot.settled = true;
             self.check_ready();
         }
-        if self.plan.churn {
+        if self.plan.handshakes {
+            // The handshake is the measure: timed from the connect (TCP's
+            // and TLS's handshakes together), no data; then the next.
+            let (now, at) = (cx.now(), self.slots[i].started);
+            self.meter.complete(now, at, 0);
+            self.renew(cx, i);
+        } else if self.plan.churn {
             // Timed from the connect: a churn round trip includes the handshake.
             let at = self.slots[i].started;
             self.send(cx, i, at);
@@ -863,6 +900,23 @@ impl Handler for Client {
             return;
         }
         log::debug!("connection {i} closed: {reason:?}");
+        if self.slots[i].phase == Phase::Connecting {
+            // A TLS connection closed in its handshake (CloseReason::Tls):
+            // it never opened, so this is a failed connect, retried later.
+            let now = cx.now();
+            self.slots[i].id = None;
+            self.slots[i].phase = Phase::Retry(now + RETRY);
+            self.connect_failed(
+                now,
+                i,
+                &format!(
+                    "the TLS handshake failed ({reason:?}): a certificate that --tls-ca does not \
+                     trust or that is not valid for --tls-name, or a server that does not speak \
+                     TLS (RUST_LOG=netloop=debug shows rustls's reason)"
+                ),
+            );
+            return;
+        }
         self.error(cx.now(), |e| &mut e.closed);
         self.slots[i].id = None;
         self.replace(cx, i);

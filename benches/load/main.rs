@@ -4,13 +4,23 @@
 // closed loop (ping-pong or pipelined), open loop at a fixed rate with
 // latency timed from each message's intended send time, connection churn,
 // and a firehose (streams written as fast as the kernel takes them), over
-// TCP, UDP and Unix sockets. Every echoed byte is checked.
+// TCP, UDP and Unix sockets, and over TLS. Every echoed byte is checked.
 // Without --addr it starts a netloop echo server in-process. See README,
 // "Measuring throughput".
+//
+// TLS needs netloop's `tls` feature:
+//   cargo bench --features tls --bench load -- --tls        # in-process TLS echo
+//   cargo bench --features tls --bench load -- --addr tls://127.0.0.1:7443 --tls-ca cert.pem --connections 50
+//   cargo bench --features tls --bench load -- --addr tls://127.0.0.1:7443 --tls-ca cert.pem --handshakes
+// Each connection is made with `Context::connect_tls`; --handshakes measures
+// full TLS handshakes per second (connect, handshake, close_notify, again).
+// Built without the feature, the TLS options are refused with a clear error.
 
 mod client;
 mod os;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -24,14 +34,16 @@ use netloop::{Endpoint, Transport};
 use client::{Errors, Plan, Report};
 
 /// A load generator for echo servers (RFC 862), built on netloop: throughput,
-/// latency percentiles and errors of TCP, UDP and Unix echo servers.
+/// latency percentiles and errors of TCP, UDP, Unix and TLS echo servers.
 ///
 /// Each connection sends messages of --size bytes and checks that every byte
 /// comes back, in order (reassembled across reads). Closed loop (the
 /// default) keeps --depth messages in flight per connection; --rate switches
 /// to an open loop that sends on a fixed schedule whatever the replies do;
 /// --firehose writes each stream as fast as the kernel takes it; --churn
-/// measures new connections per second instead. Connections open
+/// measures new connections per second instead. --tls runs every mode over
+/// TLS, and --handshakes measures full TLS handshakes per second (both need
+/// `cargo bench --features tls`). Connections open
 /// before the clock starts, then --warmup seconds run unmeasured, then
 /// --duration seconds are measured. Without options (as under `cargo bench`)
 /// it runs a suite against an in-process echo server and prints a table.
@@ -45,7 +57,10 @@ use client::{Errors, Plan, Report};
       cargo bench --bench load -- --addr tcp://127.0.0.1:7000 --depth 16 --duration 10\n  \
       cargo bench --bench load -- --addr udp://127.0.0.1:7000 --rate 50000 --json\n  \
       cargo bench --bench load -- --addr unix:///tmp/echo.sock --churn --csv timeline.csv\n  \
-      cargo bench --bench load -- --addr tcp://127.0.0.1:7000 --firehose --size 512\n\n\
+      cargo bench --bench load -- --addr tcp://127.0.0.1:7000 --firehose --size 512\n  \
+      cargo bench --features tls --bench load -- --tls --connections 50     # in-process, over TLS\n  \
+      cargo bench --features tls --bench load -- --addr tls://127.0.0.1:7443 --tls-ca cert.pem --connections 50\n  \
+      cargo bench --features tls --bench load -- --addr tls://127.0.0.1:7443 --tls-ca cert.pem --handshakes\n\n\
       Figures: msg/s counts round trips completed inside the window; MiB/s the\n\
       echoed bytes of those (one direction); latency from send to the last\n\
       echoed byte (open loop: from when the message was due). Errors count the\n\
@@ -54,12 +69,24 @@ use client::{Errors, Plan, Report};
       the echoed bytes; latency runs from the write of the chunk holding a\n\
       message (handed to the kernel) to the arrival of its last echoed byte: it\n\
       measures how long bytes queue in the kernel's buffers at that throughput,\n\
-      not a server's response time."
+      not a server's response time.\n\n\
+      TLS (--tls, or an --addr tls://…; build with --features tls): the figures count\n\
+      plaintext bytes; latency excludes the handshake, made before the window, except\n\
+      in --churn (connect + handshake + one round trip) and --handshakes.\n\
+      --handshakes: msg/s is full TLS handshakes per second (session resumption off;\n\
+      JSON: messages_per_sec and handshakes_per_sec);\n\
+      latency runs from the connect to the handshake's end (TCP's and TLS's\n\
+      handshakes). Each connection then closes at once, gracefully on the TLS level:\n\
+      a close_notify, then the socket is closed. Over TLS 1.3 the server's session\n\
+      tickets mostly arrive after that, unread, and the client's kernel answers\n\
+      them with a reset: the server sees close_notify, then a reset, and few\n\
+      TIME_WAITs are left on either side."
 )]
 struct Args {
     /// Server to load: tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH, unix://@NAME,
-    /// unixgram:///PATH. Without it, a netloop echo server is started in this
-    /// process, on its own thread (see --transport).
+    /// unixgram:///PATH, tls://HOST:PORT (TLS over TCP: needs --tls-ca).
+    /// Without it, a netloop echo server is started in this process, on its
+    /// own thread (see --transport, --tls).
     #[arg(long, value_name = "URL")]
     addr: Option<String>,
 
@@ -106,6 +133,41 @@ struct Args {
     /// kernel's buffers). Streams only (tcp, unix).
     #[arg(long, conflicts_with_all = ["rate", "depth", "churn"])]
     firehose: bool,
+
+    /// TLS: every connection is a TLS connection over TCP, made with
+    /// netloop's `Context::connect_tls`; every mode works as over TCP, on the
+    /// plaintext. Implied by an --addr tls://…; with --addr tcp://… it runs
+    /// TLS to that address. Against --addr it needs --tls-ca. Without
+    /// --addr, the in-process echo server listens on tls://127.0.0.1 with a
+    /// self-signed certificate for "localhost" made at start, which the
+    /// client trusts. --churn over TLS resets each connection after its round
+    /// trip (no close_notify) and may resume sessions (rustls's default
+    /// client cache, if the server allows it); --handshakes measures full
+    /// handshakes. Needs `cargo bench --features tls`.
+    #[arg(long, conflicts_with = "suite")]
+    tls: bool,
+
+    /// TLS handshake churn (needs --tls or an --addr tls://…): each
+    /// connection connects, completes a full TLS handshake (session
+    /// resumption off), sends close_notify and closes, and the next
+    /// starts; no data is sent. Reported as handshakes per second; latency
+    /// is from the connect to the handshake's end (when netloop calls
+    /// on_open). --size is unused.
+    #[arg(long, conflicts_with_all = ["rate", "depth", "churn", "firehose", "suite"])]
+    handshakes: bool,
+
+    /// TLS: the PEM file of the CA that signed the server's certificate, or
+    /// of the server's self-signed certificate, to trust. Required with
+    /// --addr and TLS. rustls refuses a server certificate that is itself
+    /// marked as a CA (CA:TRUE, which `openssl req -x509` sets unless given
+    /// `-addext basicConstraints=critical,CA:FALSE`).
+    #[arg(long, value_name = "PEM", requires = "addr")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// TLS: the server name to verify the certificate against (default: the
+    /// host of --addr if it is a DNS name, else "localhost").
+    #[arg(long, value_name = "NAME", requires = "addr")]
+    tls_name: Option<String>,
 
     /// Seconds measured.
     #[arg(long, short = 'd', value_name = "S", default_value_t = 10.0, value_parser = positive)]
@@ -204,6 +266,7 @@ struct Second {
 struct Outcome {
     target: String,               // what was loaded
     args: Args,                   // how
+    tls: bool,                    // over TLS
     duration: f64,                // seconds measured
     messages: u64,                // round trips in the window
     bytes: u64,                   // echoed bytes in the window
@@ -228,7 +291,9 @@ impl Outcome {
 
     fn mode(&self) -> String {
         let a = &self.args;
-        if a.churn {
+        if a.handshakes {
+            "handshakes".into()
+        } else if a.churn {
             "churn".into()
         } else if a.firehose {
             "firehose".into()
@@ -248,6 +313,9 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let args = Args::parse();
+    // Silent unless asked: RUST_LOG=netloop=debug shows, for one, why a TLS
+    // handshake failed.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let limit = os::raise_nofile();
     let result = if raw.is_empty() || args.suite {
         suite(&args, limit)
@@ -278,16 +346,25 @@ fn single(args: &Args, limit: u64) -> Result<(), String> {
 
 /// Runs the load the options describe and gathers the figures.
 fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
+    let use_tls = tls_wanted(args)?;
+    #[cfg(feature = "tls")]
+    let (client_tls, listen) = tls_setup(args, use_tls)?;
+    #[cfg(not(feature = "tls"))]
+    let listen = netloop::ListenOptions::default();
     let server = match &args.addr {
         Some(_) => None,
         None => {
             let t = match args.transport.as_str() {
+                _ if use_tls => Transport::Tls,
                 "udp" => Transport::Udp,
                 "unix" => Transport::Unix,
                 "unixgram" => Transport::Unixgram,
                 _ => Transport::Tcp,
             };
-            Some(server::Server::start(t).map_err(|e| format!("starting the echo server: {e}"))?)
+            Some(
+                server::Server::start(t, listen)
+                    .map_err(|e| format!("starting the echo server: {e}"))?,
+            )
         }
     };
     let url = match (&args.addr, &server) {
@@ -305,7 +382,7 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
     }
     if !matches!(
         target.transport,
-        Transport::Tcp | Transport::Udp | Transport::Unix | Transport::Unixgram
+        Transport::Tcp | Transport::Udp | Transport::Unix | Transport::Unixgram | Transport::Tls
     ) {
         return Err(format!("cannot load {url}"));
     }
@@ -331,7 +408,10 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
         rate: args.rate,
         churn: args.churn,
         firehose: args.firehose,
+        handshakes: args.handshakes,
         timeout: Duration::from_secs_f64(args.timeout),
+        #[cfg(feature = "tls")]
+        tls: client_tls,
     });
     let threads = (args.threads as usize).min(conns);
     let (tx, rx) = mpsc::channel();
@@ -413,7 +493,7 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
         eprintln!(
             "{} {url}: {conns} connections, {size} B, {}, {threads} thread{}; warmup {}s, measuring {}s",
             if server.is_some() { "in-process netloop echo at" } else { "loading" },
-            mode_of(args),
+            mode_of(args) + if use_tls { " over TLS" } else { "" },
             if threads == 1 { "" } else { "s" },
             args.warmup,
             args.duration
@@ -526,6 +606,7 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
     Ok(Outcome {
         target: url,
         args: args.clone(),
+        tls: use_tls,
         duration: args.duration,
         messages,
         bytes,
@@ -540,8 +621,89 @@ fn run(args: &Args, limit: u64, progress: bool) -> Result<Outcome, String> {
     })
 }
 
+/// Whether the options ask for TLS, after checking that they make sense
+/// together; in a build without the `tls` feature, any TLS option is an
+/// error that says how to build with it.
+fn tls_wanted(args: &Args) -> Result<bool, String> {
+    let addr = args.addr.as_deref();
+    let scheme = addr.is_some_and(|a| a.starts_with("tls://"));
+    let asked = [
+        (args.tls, "--tls"),
+        (args.handshakes, "--handshakes"),
+        (scheme, "an --addr tls://…"),
+        (args.tls_ca.is_some(), "--tls-ca"),
+        (args.tls_name.is_some(), "--tls-name"),
+    ];
+    let Some(&(_, what)) = asked.iter().find(|(on, _)| *on) else {
+        return Ok(false);
+    };
+    if cfg!(not(feature = "tls")) {
+        let rest: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "--bench")
+            .collect();
+        return Err(format!(
+            "{what} needs the tls feature: cargo bench --features tls --bench load -- {}",
+            rest.join(" ")
+        ));
+    }
+    if !(args.tls || scheme) {
+        return Err(format!(
+            "{what} is for TLS: add --tls (or give an --addr tls://HOST:PORT)"
+        ));
+    }
+    match addr {
+        None if args.transport != "tcp" => Err(format!(
+            "--tls runs over TCP: the in-process server cannot be --transport {} with it",
+            args.transport
+        )),
+        Some(a) if !(scheme || a.starts_with("tcp://")) => Err(format!(
+            "--tls runs over TCP: {a} is neither tls:// nor tcp://"
+        )),
+        Some(a) if args.tls_ca.is_none() => Err(format!(
+            "TLS to {a} needs --tls-ca PEM: the CA (or the server's self-signed certificate) \
+             to trust"
+        )),
+        _ => Ok(true),
+    }
+}
+
+/// The TLS side of a run, if `on`: how the client connects, and the
+/// in-process server's listener options (a certificate made on the spot,
+/// which the client then trusts).
+#[cfg(feature = "tls")]
+fn tls_setup(
+    args: &Args,
+    on: bool,
+) -> Result<(Option<tls::ClientTls>, netloop::ListenOptions), String> {
+    let mut listen = netloop::ListenOptions::default();
+    if !on {
+        return Ok((None, listen));
+    }
+    let (mut config, name) = match (&args.addr, &args.tls_ca) {
+        (Some(addr), Some(ca)) => (
+            tls::client_config(ca)?,
+            args.tls_name
+                .clone()
+                .unwrap_or_else(|| tls::default_name(addr)),
+        ),
+        _ => {
+            let (server, client) = tls::self_signed()?;
+            listen.tls = Some(Arc::new(server));
+            (client, "localhost".to_string())
+        }
+    };
+    if args.handshakes {
+        tls::no_resumption(&mut config);
+    }
+    let config = Arc::new(config);
+    Ok((Some(tls::ClientTls { config, name }), listen))
+}
+
 fn mode_of(args: &Args) -> String {
-    if args.churn {
+    if args.handshakes {
+        "handshakes".into()
+    } else if args.churn {
         "churn".into()
     } else if args.firehose {
         "firehose".into()
@@ -574,14 +736,17 @@ fn summary(o: &Outcome) -> String {
     let l = &o.latency;
     let _ = writeln!(
         s,
-        "\n{} — {} connections, {} B, {}, {:.1} s measured",
+        "\n{} — {} connections, {} B, {}{}, {:.1} s measured",
         o.target,
         a.connections,
         a.size,
         o.mode(),
+        if o.tls { " over TLS" } else { "" },
         o.duration
     );
-    if a.churn {
+    if a.handshakes {
+        let _ = writeln!(s, "  handshakes/s  {:>12}", group(o.rate()));
+    } else if a.churn {
         let _ = writeln!(s, "  connections/s {:>12}", group(o.rate()));
     } else {
         let _ = writeln!(s, "  messages/s    {:>12}", group(o.rate()));
@@ -663,16 +828,20 @@ fn json(o: &Outcome) -> String {
     );
     let _ = write!(
         s,
-        ",\"target\":{:?},\"mode\":{:?},\"size\":{},\"depth\":{},\"threads\":{},\"messages\":{}",
+        ",\"target\":{:?},\"mode\":{:?},\"size\":{},\"depth\":{},\"threads\":{},\"messages\":{},\"tls\":{}",
         o.target,
         o.mode(),
         a.size,
         a.depth,
         a.threads,
-        o.messages
+        o.messages,
+        o.tls
     );
-    if a.churn {
+    if a.churn || a.handshakes {
         let _ = write!(s, ",\"connections_per_sec\":{:.1}", o.rate());
+    }
+    if a.handshakes {
+        let _ = write!(s, ",\"handshakes_per_sec\":{:.1}", o.rate());
     }
     let _ = write!(
         s,
@@ -814,6 +983,10 @@ fn suite(base: &Args, limit: u64) -> Result<(), String> {
             rate: None,
             churn: c.churn,
             firehose: c.firehose,
+            tls: false,
+            handshakes: false,
+            tls_ca: None,
+            tls_name: None,
             duration,
             warmup,
             json: false,

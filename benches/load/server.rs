@@ -1,12 +1,14 @@
 //! The in-process echo server: a netloop echo on its own thread, on an
 //! ephemeral port (or a fresh socket path), used when no --addr is given.
+//! Over TLS (`Transport::Tls`, with `ListenOptions::tls`) the handler is the
+//! same: netloop hands it plaintext.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use netloop::{Addr, ConnId, Context, EventLoop, Handle, Handler, Transport};
+use netloop::{Addr, ConnId, Context, EventLoop, Handle, Handler, ListenOptions, Transport};
 
 /// Messages to the server thread.
 #[derive(Debug)]
@@ -55,8 +57,9 @@ pub struct Server {
 
 impl Server {
     /// Starts an echo server for `transport`: 127.0.0.1 on a port the OS
-    /// picks, or a socket file in the temp directory.
-    pub fn start(transport: Transport) -> std::io::Result<Server> {
+    /// picks, or a socket file in the temp directory. `opts` are the
+    /// listener's (`tls` for `Transport::Tls`).
+    pub fn start(transport: Transport, opts: ListenOptions) -> std::io::Result<Server> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
@@ -69,7 +72,7 @@ impl Server {
             }
         ));
         let (url, path) = match transport {
-            Transport::Tcp => ("tcp://127.0.0.1:0".to_string(), None),
+            Transport::Tcp | Transport::Tls => (format!("{transport}://127.0.0.1:0"), None),
             Transport::Udp => ("udp://127.0.0.1:0".to_string(), None),
             t => (format!("{}://{}", t.scheme(), path.display()), Some(path)),
         };
@@ -79,7 +82,7 @@ impl Server {
             .spawn(move || {
                 let setup = || -> std::io::Result<EventLoop<Echo>> {
                     let mut event_loop = EventLoop::new(Echo)?;
-                    let id = event_loop.listen(url.as_str())?;
+                    let id = event_loop.listen_with(url.as_str(), &opts)?;
                     let at = event_loop.context().local_addr(id)?;
                     let url = match at {
                         Addr::Inet(a) => format!("{}://{a}", transport.scheme()),
