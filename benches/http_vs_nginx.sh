@@ -63,7 +63,7 @@ mkdir -p "$dir/www/bytes"
 head -c 65536 /dev/zero | tr '\0' x >"$dir/www/bytes/65536"
 if [ -n "$tls" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
         -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     # nginx: the same certificate, its defaults otherwise (TLS 1.2 and 1.3).
     sed -i "s|^    server {|    server {\n        listen 127.0.0.1:8093 ssl;\n        ssl_certificate $dir/cert.pem;\n        ssl_certificate_key $dir/key.pem;|" "$dir/nginx.conf"
