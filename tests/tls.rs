@@ -524,3 +524,404 @@ fn stop_sends_close_notify() {
     let evs = server.wait_for(|e| closed_with(e).is_some());
     assert_eq!(closed_with(&evs), Some(CloseReason::Shutdown));
 }
+
+// ----- Sending during the handshake; the order of notices around it -----
+
+/// What a handler heard, in order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Heard {
+    Open,
+    Pressure(bool),
+    Drain,
+    Eof,
+    Close(CloseReason),
+    ConnectFailed(std::io::ErrorKind),
+}
+
+/// Records what it hears and echoes. A client (`client`) stops the loop
+/// once its connection closes; with `send_on_open` it sends that many
+/// bytes in `on_open` and closes at once.
+struct Recorder {
+    heard: Vec<Heard>,
+    client: bool,
+    send_on_open: usize,
+}
+
+impl Recorder {
+    fn new(client: bool) -> Recorder {
+        Recorder {
+            heard: Vec::new(),
+            client,
+            send_on_open: 0,
+        }
+    }
+
+    /// It heard `on_close` or `on_connect_failed`.
+    fn closed(&self) -> bool {
+        self.heard
+            .iter()
+            .any(|h| matches!(h, Heard::Close(_) | Heard::ConnectFailed(_)))
+    }
+}
+
+impl Handler for Recorder {
+    type Conn = ();
+    type Msg = ();
+    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        self.heard.push(Heard::Open);
+        if self.send_on_open > 0 {
+            cx.send(id, &vec![0x5a; self.send_on_open]).unwrap();
+            cx.close(id).unwrap();
+        }
+    }
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), d: &[u8]) -> usize {
+        let _ = cx.send(id, d);
+        d.len()
+    }
+    fn on_backpressure(&mut self, _: &mut Context<'_>, _: ConnId, _: &mut (), paused: bool) {
+        self.heard.push(Heard::Pressure(paused));
+    }
+    fn on_drain(&mut self, _: &mut Context<'_>, _: ConnId, _: &mut ()) {
+        self.heard.push(Heard::Drain);
+    }
+    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        self.heard.push(Heard::Eof);
+        let _ = cx.close(id);
+    }
+    fn on_close(&mut self, cx: &mut Context<'_>, _: ConnId, _: (), why: CloseReason) {
+        self.heard.push(Heard::Close(why));
+        if self.client {
+            cx.stop();
+        }
+    }
+    fn on_connect_failed(&mut self, cx: &mut Context<'_>, _: ConnId, _: (), e: std::io::Error) {
+        self.heard.push(Heard::ConnectFailed(e.kind()));
+        if self.client {
+            cx.stop();
+        }
+    }
+}
+
+/// A TLS loop that reads and discards, on a thread; stopped when dropped.
+struct Sink {
+    port: u16,
+    received: Arc<Mutex<usize>>,
+    closed: Arc<Mutex<Vec<CloseReason>>>,
+    handle: netloop::Handle<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start(config: Arc<rustls::ServerConfig>) -> Sink {
+        struct Discard(Arc<Mutex<usize>>, Arc<Mutex<Vec<CloseReason>>>);
+        impl Handler for Discard {
+            type Conn = ();
+            type Msg = ();
+            fn on_data(&mut self, _: &mut Context<'_>, _: ConnId, _: &mut (), d: &[u8]) -> usize {
+                *self.0.lock().unwrap() += d.len();
+                d.len()
+            }
+            fn on_close(&mut self, _: &mut Context<'_>, _: ConnId, _: (), why: CloseReason) {
+                self.1.lock().unwrap().push(why);
+            }
+        }
+        let received = Arc::new(Mutex::new(0));
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let mut el = EventLoop::new(Discard(received.clone(), closed.clone())).unwrap();
+        let opts = ListenOptions {
+            tls: Some(config),
+            ..ListenOptions::default()
+        };
+        let l = el.listen_with("tls://127.0.0.1:0", &opts).unwrap();
+        let port = el
+            .context()
+            .local_addr(l)
+            .unwrap()
+            .as_inet()
+            .unwrap()
+            .port();
+        let handle = el.handle();
+        let thread = Some(thread::spawn(move || el.run().unwrap()));
+        Sink {
+            port,
+            received,
+            closed,
+            handle,
+            thread,
+        }
+    }
+
+    fn received(&self) -> usize {
+        *self.received.lock().unwrap()
+    }
+
+    /// Waits (10 s at most) until it has received `n` bytes.
+    fn wait_received(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.received() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the sink got {} of {n} bytes; its connections closed: {:?}",
+                self.received(),
+                self.closed.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `el` until `done` holds (15 s at most).
+fn run_until(el: &mut EventLoop<Recorder>, mut done: impl FnMut(&Recorder) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done(el.handler()) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; heard {:?}",
+            el.handler().heard
+        );
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+}
+
+/// A client loop with `cfg` calls `connect_tls` to `sink` and at once,
+/// before the connect or the handshake completes, sends `payload` bytes;
+/// runs until the sink has it all and closes then (a close any earlier may
+/// be cut short: see `connect_tls_send_and_close_in_on_open_delivers_it`).
+/// The send's result and what the client heard, up to its `on_close`.
+fn send_during_handshake(
+    pki: &Pki,
+    sink: &Sink,
+    cfg: Config,
+    payload: usize,
+) -> (Result<(), netloop::Error>, Vec<Heard>) {
+    let mut el = EventLoop::with_config(Recorder::new(true), cfg).unwrap();
+    let url = format!("tls://127.0.0.1:{}", sink.port);
+    let id = el
+        .context()
+        .connect_tls(url.as_str(), client_config(&pki.ca), "localhost")
+        .unwrap();
+    let sent = el.context().send(id, &vec![0x5a; payload]);
+    run_until(&mut el, |h| {
+        h.closed() || (h.heard.contains(&Heard::Open) && sink.received() >= payload)
+    });
+    if !el.handler().closed() {
+        el.context().close(id).unwrap();
+        run_until(&mut el, Recorder::closed);
+    }
+    (sent, el.handler().heard.clone())
+}
+
+/// A TLS client (`connect_tls`) that sends 16 times the high-water mark
+/// right after connecting, before the handshake: the handler hears
+/// `on_open` first, and only then `on_backpressure(true)` (as for plain
+/// TCP, where on_backpressure before on_open was a bug), then `(false)`.
+#[test]
+#[ignore = "bug: the plaintext sent during the TLS handshake is queued when the handshake completes \
+            (core read_tls) without the high-water check, so on_backpressure never comes"]
+fn connect_tls_backpressure_only_after_on_open() {
+    const PAYLOAD: usize = 1 << 20;
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let cfg = Config {
+        high_water: 64 * 1024,
+        low_water: 16 * 1024,
+        ..Config::default()
+    };
+    let (sent, heard) = send_during_handshake(&pki, &sink, cfg, PAYLOAD);
+    sent.unwrap();
+    sink.wait_received(PAYLOAD);
+    let open = heard.iter().position(|h| *h == Heard::Open);
+    let open = open.unwrap_or_else(|| panic!("no on_open: {heard:?}"));
+    assert!(
+        !heard[..open]
+            .iter()
+            .any(|h| matches!(h, Heard::Pressure(_))),
+        "on_backpressure before on_open: {heard:?}"
+    );
+    let paused = heard.iter().position(|h| *h == Heard::Pressure(true));
+    let paused = paused.unwrap_or_else(|| {
+        panic!(
+            "the queue passed the high-water mark but on_backpressure(true) never came: {heard:?}"
+        )
+    });
+    assert!(
+        heard[paused..].contains(&Heard::Pressure(false)),
+        "paused, never resumed: {heard:?}"
+    );
+    assert_eq!(
+        heard.last(),
+        Some(&Heard::Close(CloseReason::Closed)),
+        "{heard:?}"
+    );
+}
+
+/// The same past the hard cap (`max_write_queue`): as for plain TCP, the
+/// send fails with `QueueFull`, or the connection closes with
+/// `WriteQueueFull` once the handshake completes; never does it all go.
+#[test]
+#[ignore = "bug: the plaintext sent during the TLS handshake is queued when the handshake completes \
+            (core read_tls) without the hard-cap check, so max_write_queue does not apply to it"]
+fn connect_tls_hard_cap_applies_to_what_is_sent_during_the_handshake() {
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let cfg = Config {
+        high_water: 64 * 1024,
+        low_water: 16 * 1024,
+        max_write_queue: 256 * 1024,
+        ..Config::default()
+    };
+    let (sent, heard) = send_during_handshake(&pki, &sink, cfg, 1 << 20);
+    assert!(
+        matches!(sent, Err(netloop::Error::QueueFull))
+            || heard.contains(&Heard::Close(CloseReason::WriteQueueFull)),
+        "1 MiB queued past a 256 KiB max_write_queue: send {sent:?}, heard {heard:?}, \
+         the sink got {}",
+        sink.received()
+    );
+}
+
+/// A TLS client hears nothing before `on_open`: the ClientHello flushed
+/// during the handshake is no `on_drain` of the handler's.
+#[test]
+#[ignore = "bug: on_drain comes during the TLS handshake, before on_open (the loop's flush \
+            reports the drained queue of handshake records)"]
+fn connect_tls_nothing_before_on_open() {
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let (sent, heard) = send_during_handshake(&pki, &sink, Config::default(), 10);
+    sent.unwrap();
+    assert_eq!(
+        heard.first(),
+        Some(&Heard::Open),
+        "on_open first: {heard:?}"
+    );
+}
+
+/// A TLS server hears nothing of a connection before `on_open`: its
+/// handshake records flushed are no `on_drain` of the handler's.
+#[test]
+#[ignore = "bug: on_drain comes during the TLS handshake, before on_open (the loop's flush \
+            reports the drained queue of handshake records)"]
+fn tls_server_nothing_before_on_open() {
+    let pki = pki();
+    let mut el = EventLoop::new(Recorder::new(false)).unwrap();
+    let opts = ListenOptions {
+        tls: Some(pki.server.clone()),
+        ..ListenOptions::default()
+    };
+    let l = el.listen_with("tls://127.0.0.1:0", &opts).unwrap();
+    let port = el
+        .context()
+        .local_addr(l)
+        .unwrap()
+        .as_inet()
+        .unwrap()
+        .port();
+    let ca = pki.ca.clone();
+    let client = thread::spawn(move || {
+        let mut c = connect(port, &ca);
+        c.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).unwrap();
+        c.conn.send_close_notify();
+        c.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+    });
+    run_until(&mut el, Recorder::closed);
+    let heard = el.handler().heard.clone();
+    drop(el);
+    client.join().unwrap();
+    assert_eq!(
+        heard.first(),
+        Some(&Heard::Open),
+        "on_open first: {heard:?}"
+    );
+    assert_eq!(
+        heard.last(),
+        Some(&Heard::Close(CloseReason::Closed)),
+        "{heard:?}"
+    );
+}
+
+/// `connect_tls`, then once the TCP connect is done but the handshake is
+/// not (the server accepts and says nothing), `send` and `close`: the bytes
+/// cannot go, and the handler must not hear a clean `on_close(Closed)` for
+/// them; it hears the connection abandoned (`on_connect_failed`, as for a
+/// close while connecting) or a TLS close.
+#[test]
+#[ignore = "bug: a close after the TCP connect but before the TLS handshake completes reports \
+            on_close(Closed) (after an on_drain, without on_open) while what was sent is dropped"]
+fn connect_tls_close_during_the_handshake_is_no_clean_close() {
+    let pki = pki();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut el = EventLoop::new(Recorder::new(true)).unwrap();
+    let url = format!("tls://127.0.0.1:{port}");
+    let id = el
+        .context()
+        .connect_tls(url.as_str(), client_config(&pki.ca), "localhost")
+        .unwrap();
+    // Accepted (and the connect seen by the loop), never answered.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _peer = loop {
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+        match silent.accept() {
+            Ok((peer, _)) => break peer,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(Instant::now() < deadline, "no connect");
+    };
+    for _ in 0..10 {
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    let sent = el.context().send(id, b"never sent");
+    el.context().close(id).unwrap();
+    run_until(&mut el, Recorder::closed);
+    let heard = el.handler().heard.clone();
+    sent.unwrap();
+    assert!(
+        !heard.contains(&Heard::Close(CloseReason::Closed)),
+        "a clean close, though what was sent never went: {heard:?}"
+    );
+}
+
+/// A TLS client that sends in `on_open` and closes at once: the server
+/// gets it all, and its connection ends cleanly, not with a reset (which
+/// would throw away what it had not read yet).
+#[test]
+#[ignore = "bug (timing, ~4 runs in 10): the server's TLS 1.3 session tickets can arrive after the \
+            client's graceful close drained its socket; the closed socket answers with a reset, \
+            and the server loses what it had not read (it got 288 KiB of 1 MiB, closed Reset)"]
+fn connect_tls_send_and_close_in_on_open_delivers_it() {
+    const PAYLOAD: usize = 1 << 20;
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let mut client = Recorder::new(true);
+    client.send_on_open = PAYLOAD;
+    let mut el = EventLoop::new(client).unwrap();
+    let url = format!("tls://127.0.0.1:{}", sink.port);
+    el.context()
+        .connect_tls(url.as_str(), client_config(&pki.ca), "localhost")
+        .unwrap();
+    run_until(&mut el, Recorder::closed);
+    let heard = el.handler().heard.clone();
+    drop(el);
+    sink.wait_received(PAYLOAD);
+    assert_eq!(
+        heard.last(),
+        Some(&Heard::Close(CloseReason::Closed)),
+        "{heard:?}"
+    );
+}

@@ -414,10 +414,11 @@ pub fn fd_count_of(pid: u32) -> usize {
 
 /// An example's binary, target/<profile>/examples/<name> beside this test's
 /// target/<profile>/deps/. The first call for each name in a test process
-/// runs `cargo build --example <name>` with the test's profile and target
-/// directory, so `cargo test --test x` works alone and never runs a stale
-/// binary; after a plain `cargo test`, which builds the examples first, that
-/// build finds nothing to do.
+/// runs `cargo build --example <name>` with the test's profile, target
+/// directory and features (`tls` if the test was built with it), so
+/// `cargo test --test x` works alone and never runs a stale binary; after a
+/// plain `cargo test`, which builds the examples first, that build finds
+/// nothing to do.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
     use std::sync::{Mutex, OnceLock};
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
@@ -442,14 +443,47 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
         let target_dir = profile_dir.parent().expect("target/<profile>");
-        let how = format!("cargo build --profile {profile} --example {name}");
-        let out = std::process::Command::new(&cargo)
+        // The test's own features: a test built with `--features tls` runs
+        // the examples with TLS, as `cargo test --features tls` builds them.
+        let features: &[&str] = if cfg!(feature = "tls") {
+            &["--features", "tls"]
+        } else {
+            &[]
+        };
+        let how = format!(
+            "cargo build --profile {profile} --example {name} {}",
+            features.join(" ")
+        );
+        let mut command = std::process::Command::new(&cargo);
+        command
             .args(["build", "--profile", profile, "--example", name])
+            .args(features)
             .arg("--manifest-path")
             .arg(manifest)
             .arg("--target-dir")
             .arg(target_dir)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        // The variables `cargo test` sets for the test, which a plain
+        // `cargo build` runs without: ring's build script tracks some
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR, …), so passing them
+        // on made this build and the next `cargo test` each rebuild ring,
+        // rustls and netloop.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                command.env_remove(&key);
+            }
+        }
+        let out = command
             .output()
             .unwrap_or_else(|e| panic!("running `{how}` ({cargo:?}): {e}"));
         assert!(
