@@ -37,9 +37,11 @@ pub enum CloseReason {
     /// TLS failed (the `tls` feature): the handshake or a record was
     /// rejected (the alert rustls chose was sent first, then the
     /// connection closed), or the handshake did not complete within
-    /// `Config::tls_handshake_timeout`, or the peer closed during it. A TLS
-    /// connection closed during its handshake was never opened: the
-    /// handler hears `on_close` with this reason without an `on_open`.
+    /// `Config::tls_handshake_timeout`, or the peer closed during it. An
+    /// accepted TLS connection closed during its handshake was never
+    /// opened: the handler hears `on_close` with this reason without an
+    /// `on_open`. (A `connect_tls` connection whose handshake fails hears
+    /// `on_connect_failed` instead, as for a connect that failed.)
     Tls,
 }
 

@@ -601,6 +601,22 @@ impl Conn {
     }
 
     /// True for a TLS connection whose handshake has not completed.
+    /// The queue and, on a TLS connection still handshaking, the plaintext
+    /// rustls holds until the handshake completes: what the limits count.
+    #[cfg(feature = "tls")]
+    pub(crate) fn queued_with_early(&self) -> usize {
+        self.queued() + self.tls.as_ref().map_or(0, |t| t.early())
+    }
+
+    /// True for a TLS client connection whose handshake has not completed:
+    /// as a connect in progress, it has not opened.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_client_handshaking(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.is_client() && t.is_handshaking())
+    }
+
     /// The TLS session, if this is a TLS connection.
     #[cfg(feature = "tls")]
     pub(crate) fn tls(&self) -> Option<&crate::tls::TlsConn> {

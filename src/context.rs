@@ -119,10 +119,16 @@ impl<'a> Context<'a> {
     /// `server_name` (a DNS name or an IP address) with `config`. As
     /// [`connect`](Context::connect), except that the handler hears
     /// [`on_open`](crate::Handler::on_open) only once the handshake
-    /// completes; a handshake that fails or does not complete within
-    /// [`Config::tls_handshake_timeout`] closes the connection with
-    /// [`CloseReason::Tls`] (`on_close`, without `on_open`). Bytes sent
-    /// before then are encrypted and sent once the handshake completes.
+    /// completes. Until then the connection is still being made: a
+    /// handshake that fails or does not complete within
+    /// [`Config::tls_handshake_timeout`] ends it with
+    /// [`on_connect_failed`](crate::Handler::on_connect_failed)
+    /// (`InvalidData`), and so does a `close` or `abort` (`Interrupted`:
+    /// what was sent is dropped). Bytes sent before then wait in rustls, are
+    /// counted with the write queue against `max_write_queue` (the send
+    /// fails with `QueueFull` past it), and are encrypted and sent once the
+    /// handshake completes; past the high-water mark, `on_backpressure`
+    /// comes right after `on_open`.
     ///
     /// # Errors
     /// As [`connect`](Context::connect); `InvalidInput` for a server name

@@ -1140,9 +1140,19 @@ impl Core {
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
-        if c.queued() > max {
+        #[cfg(feature = "tls")]
+        let queued = c.queued_with_early();
+        #[cfg(not(feature = "tls"))]
+        let queued = c.queued();
+        if queued > max {
             self.close(id, CloseReason::WriteQueueFull, true);
             return Err(Error::QueueFull);
+        }
+        // TLS: reading goes on until the handshake completes (it needs the
+        // peer's messages); the pause, and its notice, follow on_open.
+        #[cfg(feature = "tls")]
+        if c.tls_handshaking() {
+            return Ok(());
         }
         // While connecting, the handler has not heard `on_open`: it hears
         // of the pause right after it (`finish_connect`).
@@ -1258,6 +1268,11 @@ impl Core {
         let (sent, outcome, resumed) = c.flush(budget, low, now);
         self.stats.bytes_written += sent as u64;
         if outcome == Flush::Drained && !resumed {
+            // A TLS handshake's records are no drain of the handler's.
+            #[cfg(feature = "tls")]
+            if c.tls_handshaking() {
+                return false;
+            }
             return true;
         }
         self.after_flush(id, outcome, resumed)
@@ -1480,6 +1495,10 @@ impl Core {
             Kind::Conn(c) => {
                 self.stats.closed += 1;
                 let connecting = c.is_connecting();
+                // A TLS client that has not completed its handshake has not
+                // opened either.
+                #[cfg(feature = "tls")]
+                let connecting = connecting || c.tls_client_handshaking();
                 let (mut stream, ..) = c.into_parts();
                 if abort {
                     crate::sock::set_abortive(stream.as_fd());
@@ -1488,10 +1507,17 @@ impl Core {
                 }
                 if connecting {
                     // Never opened: the handler hears of a failed connect.
-                    let err = io::Error::new(
-                        io::ErrorKind::Interrupted,
-                        format!("connect abandoned: {reason:?}"),
-                    );
+                    let err = if reason == CloseReason::Tls {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the TLS handshake failed or timed out",
+                        )
+                    } else {
+                        io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            format!("connect abandoned: {reason:?}"),
+                        )
+                    };
                     self.notices.push_back(Notice::ConnectFailed(id, err));
                     return true;
                 }
@@ -1517,6 +1543,13 @@ impl Core {
     pub(crate) fn close_graceful(&mut self, id: ConnId, reason: CloseReason) -> Result<(), Error> {
         let now = match self.entry(id)? {
             Kind::Conn(c) => {
+                // A TLS handshake not completed: nothing sent can go; it
+                // ends now (a client's as a connect abandoned).
+                #[cfg(feature = "tls")]
+                if c.tls_handshaking() {
+                    self.close(id, reason, false);
+                    return Ok(());
+                }
                 #[cfg(feature = "tls")]
                 if c.can_send() {
                     c.tls_close_notify();
@@ -1658,6 +1691,13 @@ impl Core {
                 }
                 if opened {
                     self.notices.push_back(Notice::Open(id));
+                    // What was sent during the handshake is in the queue now.
+                    let limit = self.queue_check;
+                    if self.slots.conn(id).is_some_and(|c| c.queued() > limit)
+                        && self.over_high_water(id).is_err()
+                    {
+                        return Read::Failed;
+                    }
                 }
                 Read::Tls(cipher.len(), eof)
             }
@@ -1679,7 +1719,12 @@ impl Core {
             return Err(Error::Stale);
         };
         c.tls_send(data);
-        self.after_queued(id)
+        let over = c.queued_with_early() > self.queue_check;
+        self.mark_pending(id);
+        if over {
+            return self.over_high_water(id);
+        }
+        Ok(())
     }
 
     // ----- Idle time -----

@@ -725,8 +725,6 @@ fn send_during_handshake(
 /// `on_open` first, and only then `on_backpressure(true)` (as for plain
 /// TCP, where on_backpressure before on_open was a bug), then `(false)`.
 #[test]
-#[ignore = "bug: the plaintext sent during the TLS handshake is queued when the handshake completes \
-            (core read_tls) without the high-water check, so on_backpressure never comes"]
 fn connect_tls_backpressure_only_after_on_open() {
     const PAYLOAD: usize = 1 << 20;
     let pki = pki();
@@ -768,8 +766,6 @@ fn connect_tls_backpressure_only_after_on_open() {
 /// send fails with `QueueFull`, or the connection closes with
 /// `WriteQueueFull` once the handshake completes; never does it all go.
 #[test]
-#[ignore = "bug: the plaintext sent during the TLS handshake is queued when the handshake completes \
-            (core read_tls) without the hard-cap check, so max_write_queue does not apply to it"]
 fn connect_tls_hard_cap_applies_to_what_is_sent_during_the_handshake() {
     let pki = pki();
     let sink = Sink::start(pki.server.clone());
@@ -792,8 +788,6 @@ fn connect_tls_hard_cap_applies_to_what_is_sent_during_the_handshake() {
 /// A TLS client hears nothing before `on_open`: the ClientHello flushed
 /// during the handshake is no `on_drain` of the handler's.
 #[test]
-#[ignore = "bug: on_drain comes during the TLS handshake, before on_open (the loop's flush \
-            reports the drained queue of handshake records)"]
 fn connect_tls_nothing_before_on_open() {
     let pki = pki();
     let sink = Sink::start(pki.server.clone());
@@ -809,8 +803,6 @@ fn connect_tls_nothing_before_on_open() {
 /// A TLS server hears nothing of a connection before `on_open`: its
 /// handshake records flushed are no `on_drain` of the handler's.
 #[test]
-#[ignore = "bug: on_drain comes during the TLS handshake, before on_open (the loop's flush \
-            reports the drained queue of handshake records)"]
 fn tls_server_nothing_before_on_open() {
     let pki = pki();
     let mut el = EventLoop::new(Recorder::new(false)).unwrap();
@@ -859,8 +851,6 @@ fn tls_server_nothing_before_on_open() {
 /// them; it hears the connection abandoned (`on_connect_failed`, as for a
 /// close while connecting) or a TLS close.
 #[test]
-#[ignore = "bug: a close after the TCP connect but before the TLS handshake completes reports \
-            on_close(Closed) (after an on_drain, without on_open) while what was sent is dropped"]
 fn connect_tls_close_during_the_handshake_is_no_clean_close() {
     let pki = pki();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -923,5 +913,24 @@ fn connect_tls_send_and_close_in_on_open_delivers_it() {
         heard.last(),
         Some(&Heard::Close(CloseReason::Closed)),
         "{heard:?}"
+    );
+}
+
+/// A `connect_tls` client whose handshake fails (it does not trust the
+/// server's certificate) hears `on_connect_failed` with `InvalidData`, as
+/// for a connect that failed: no `on_open`, no `on_close`.
+#[test]
+fn connect_tls_failed_handshake_is_a_failed_connect() {
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let mut el = EventLoop::new(Recorder::new(true)).unwrap();
+    let url = format!("tls://127.0.0.1:{}", sink.port);
+    el.context()
+        .connect_tls(url.as_str(), client_config(&pki_other_ca()), "localhost")
+        .unwrap();
+    run_until(&mut el, Recorder::closed);
+    assert_eq!(
+        el.handler().heard,
+        vec![Heard::ConnectFailed(std::io::ErrorKind::InvalidData)]
     );
 }

@@ -27,6 +27,7 @@ pub(crate) struct TlsConn {
     conn: Connection, // the rustls state machine
     opened: bool,     // the handshake completed (the handler heard on_open)
     eof: bool,        // the peer's close_notify arrived
+    early: usize,     // plaintext sent during the handshake, held by rustls
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -58,12 +59,24 @@ impl TlsConn {
             conn,
             opened: false,
             eof: false,
+            early: 0,
         }
     }
 
     /// True until the handshake completes.
     pub(crate) fn is_handshaking(&self) -> bool {
         !self.opened
+    }
+
+    /// True for the client side (`connect_tls`).
+    pub(crate) fn is_client(&self) -> bool {
+        matches!(self.conn, Connection::Client(_))
+    }
+
+    /// Plaintext sent during the handshake and held by rustls until it
+    /// completes (then encrypted into the queue): counted with the queue.
+    pub(crate) fn early(&self) -> usize {
+        self.early
     }
 
     /// Appends what rustls has to send to `out`.
@@ -119,6 +132,9 @@ impl TlsConn {
         self.pending(out);
         let opened = !self.opened && !self.conn.is_handshaking();
         self.opened |= opened;
+        if opened {
+            self.early = 0; // encrypted into `out` by `pending`
+        }
         let eof = eof && !self.eof;
         self.eof |= eof;
         Fed::Ok { opened, eof }
@@ -129,6 +145,9 @@ impl TlsConn {
     pub(crate) fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) {
         // Unbounded (`set_buffer_limit(None)`): the write takes it all.
         let _ = self.conn.writer().write_all(plain);
+        if !self.opened {
+            self.early += plain.len();
+        }
         self.pending(out);
     }
 
