@@ -16,6 +16,8 @@
 # connections: nginx serves a 64 KiB file) and `tls-handshakes` (GET
 # /plaintext with `Connection: close`: each request a new connection and a
 # full handshake, since wrk resumes no session; req/s is handshakes/s).
+# SAME_SUITE=1 makes nginx negotiate the example's TLS 1.3 suite
+# (TLS_AES_128_GCM_SHA256) instead of the client's first choice.
 # The example must then be built with the feature:
 #   cargo build --release --features tls --example http
 # TESTS="..." picks tests (default: plain pipeline16, and the TLS ones).
@@ -60,13 +62,21 @@ CONF
 tls=${TLS:-}
 tests=${TESTS:-plain pipeline16${tls:+ tls-plaintext tls-64k tls-handshakes}}
 mkdir -p "$dir/www/bytes"
+chmod 755 "$dir" "$dir/www" "$dir/www/bytes" # nginx's worker runs as another user
 head -c 65536 /dev/zero | tr '\0' x >"$dir/www/bytes/65536"
+chmod 644 "$dir/www/bytes/65536"
 if [ -n "$tls" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
         -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
         -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     # nginx: the same certificate, its defaults otherwise (TLS 1.2 and 1.3).
     sed -i "s|^    server {|    server {\n        listen 127.0.0.1:8093 ssl;\n        ssl_certificate $dir/cert.pem;\n        ssl_certificate_key $dir/key.pem;|" "$dir/nginx.conf"
+    # SAME_SUITE=1: nginx negotiates what the example does (netloop::tls
+    # prefers TLS_AES_128_GCM_SHA256); otherwise nginx follows the client's
+    # order (wrk's OpenSSL: TLS_AES_256_GCM_SHA384 first).
+    if [ -n "${SAME_SUITE:-}" ]; then
+        sed -i "s|^        ssl_certificate_key .*|&\n        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;|" "$dir/nginx.conf"
+    fi
 fi
 cat >"$dir/pipeline.lua" <<'LUA'
 init = function(args)
@@ -81,7 +91,7 @@ taskset -c 0 nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
 nginx=$!
 listen=(--listen tcp://127.0.0.1:8090)
 [ -n "$tls" ] && listen+=(--listen tls://127.0.0.1:8092 --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem")
-RUST_LOG=warn taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/examples/http" "${listen[@]}" &
+RUST_LOG=warn,rustls=error taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/examples/http" "${listen[@]}" &
 http=$!
 trap 'kill -TERM $nginx $http 2>/dev/null || true; wait || true; rm -rf "$dir"; budget_cleanup' EXIT
 for port in 8091 8090; do

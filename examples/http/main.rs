@@ -66,7 +66,12 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // rustls warns of a peer's mistakes (an IP address as SNI, …) once per
+    // connection: a client could fill the log; its errors still show.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,rustls=error"),
+    )
+    .init();
     let mut args = Args::parse();
     if args.listen.is_empty() {
         args.listen = vec!["tcp://127.0.0.1:8080".into()];

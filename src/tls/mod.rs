@@ -69,9 +69,30 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// The crypto provider every configuration made here uses: rustls's `ring`.
+/// The crypto provider every configuration made here uses: rustls's `ring`,
+/// its cipher suites ordered AES-128-GCM first (then AES-256-GCM, then
+/// ChaCha20-Poly1305), TLS 1.3 before TLS 1.2.
+///
+/// Why AES-128-GCM first: its TLS 1.3 suite hashes with SHA-256, which
+/// ring runs on the CPU's SHA extensions where it has them, while SHA-384
+/// (the AES-256-GCM suite's) runs in plain code: a handshake's key schedule
+/// costs markedly less, and bulk encryption takes 10 AES rounds instead of
+/// 14. [`server_config`] also sets `ignore_client_order`, so that the
+/// server's order decides (clients commonly list AES-256-GCM first).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::CipherSuite as S;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |suite: S| match suite {
+        S::TLS13_AES_128_GCM_SHA256 => 0,
+        S::TLS13_AES_256_GCM_SHA384 => 1,
+        S::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 4,
+        _ => 5,
+    };
+    // A stable sort: within a rank, ring's own order stays.
+    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
+    Arc::new(provider)
 }
 
 /// An `InvalidInput` error naming the file.
@@ -96,7 +117,8 @@ fn certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
 
 /// A server configuration from a certificate chain (PEM, the server's
 /// certificate first) and its private key (PEM: PKCS#8, PKCS#1 or SEC1),
-/// without client authentication.
+/// without client authentication; the server's order of cipher suites
+/// decides ([`provider`]).
 ///
 /// # Errors
 /// `InvalidInput` naming the file: unreadable, no certificate or key in it,
@@ -108,12 +130,14 @@ pub fn server_config(
     let (cert_pem, key_pem) = (cert_pem.as_ref(), key_pem.as_ref());
     let certs = certificates(cert_pem)?;
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| bad(key_pem, &e))?;
-    ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(cert_pem, &e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| bad(key_pem, &e))
+        .map_err(|e| bad(key_pem, &e))?;
+    config.ignore_client_order = true; // the order of `provider`
+    Ok(config)
 }
 
 /// A client configuration that trusts the certificates of a PEM file (a CA,
@@ -174,6 +198,61 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains(&*other.to_string_lossy()), "{e}");
         for p in [cert_path, key_path, other] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    /// The server's order decides: AES-128-GCM, though the client (rustls's
+    /// own default order) lists AES-256-GCM first.
+    #[test]
+    fn server_order_picks_aes_128_gcm() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = temp("order-cert.pem", &cert.pem());
+        let key_path = temp("order-key.pem", &key.serialize_pem());
+        let server = Arc::new(server_config(&cert_path, &key_path).unwrap());
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        assert_eq!(
+            client.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "the client asks for AES-256-GCM first"
+        );
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c: rustls::Connection = rustls::ClientConnection::new(Arc::new(client), name)
+            .unwrap()
+            .into();
+        let mut s: rustls::Connection = rustls::ServerConnection::new(server).unwrap().into();
+        fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+            let mut wire = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut wire).unwrap();
+            }
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets().unwrap();
+            }
+        }
+        for _ in 0..4 {
+            pump(&mut c, &mut s);
+            pump(&mut s, &mut c);
+        }
+        assert!(!s.is_handshaking());
+        assert_eq!(
+            s.negotiated_cipher_suite().map(|x| x.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        for p in [cert_path, key_path] {
             std::fs::remove_file(p).unwrap();
         }
     }
