@@ -34,11 +34,11 @@ struct Args {
     loops: usize,
     /// The certificate chain (PEM) for tls:// addresses (`--features tls`).
     #[cfg(feature = "tls")]
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     /// The private key (PEM) for tls:// addresses (`--features tls`).
     #[cfg(feature = "tls")]
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
 }
 
@@ -79,21 +79,36 @@ fn main() {
     if args.listen.is_empty() {
         args.listen = vec!["tcp://127.0.0.1:7000".into(), "udp://127.0.0.1:7000".into()];
     }
-    #[allow(unused_mut)]
-    let mut opts = netloop::ListenOptions::default();
-    #[cfg(feature = "tls")]
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        match netloop::tls::server_config(cert, key) {
-            Ok(config) => opts.tls = Some(std::sync::Arc::new(config)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    if let Err(e) = serve(&args.listen, args.loops, &opts) {
+    let served = tls_options(&args).and_then(|opts| serve(&args.listen, args.loops, &opts));
+    if let Err(e) = served {
         eprintln!("error: {e}"); // stderr even with RUST_LOG=off
         std::process::exit(1);
+    }
+}
+
+/// The listen options for tls:// URLs: the server configuration from
+/// --tls-cert and --tls-key. An error names a tls:// URL given without them.
+fn tls_options(args: &Args) -> std::io::Result<netloop::ListenOptions> {
+    let Some(url) = args.listen.iter().find(|u| u.starts_with("tls://")) else {
+        return Ok(netloop::ListenOptions::default());
+    };
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    #[cfg(feature = "tls")]
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok(netloop::ListenOptions {
+            tls: Some(std::sync::Arc::new(netloop::tls::server_config(cert, key)?)),
+            ..Default::default()
+        });
+    }
+    if cfg!(feature = "tls") {
+        Err(invalid(format!(
+            "{url}: serving tls:// needs --tls-cert PEM and --tls-key PEM"
+        )))
+    } else {
+        Err(invalid(format!(
+            "{url}: this build has no TLS: build the example with `--features tls` \
+             (cargo run --features tls --example echo -- …)"
+        )))
     }
 }
 

@@ -828,16 +828,60 @@ fn https_thousand_pipelined_requests_in_one_write() {
 
 /// Expects `http args` to fail at once, naming every one of `culprits`.
 fn expect_http_failure(args: &[&str], culprits: &[&str]) {
-    let out = run_example("http", args);
+    expect_failure("http", args, culprits);
+}
+
+fn expect_failure(example: &str, args: &[&str], culprits: &[&str]) {
+    let out = run_example(example, args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "http {args:?} succeeded: {out:?}");
-    assert!(!err.contains("panicked"), "http {args:?} panicked: {err}");
+    assert!(
+        !out.status.success(),
+        "{example} {args:?} succeeded: {out:?}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "{example} {args:?} panicked: {err}"
+    );
     for culprit in culprits {
         assert!(
             err.contains(culprit),
-            "http {args:?}: stderr does not name {culprit:?}: {err}"
+            "{example} {args:?}: stderr does not name {culprit:?}: {err}"
         );
     }
+}
+
+/// The echo example's TLS flags: a tls:// URL without them, one without the
+/// other, a file that is not there; each names the culprit.
+#[test]
+fn echo_tls_command_line_errors_are_clear() {
+    let _w = watchdog("echo_tls_command_line", Duration::from_secs(120));
+    let pki = Pki::new();
+    let (cert, key) = (
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+    );
+    let url = "tls://127.0.0.1:0";
+    expect_failure(
+        "echo",
+        &["--listen", url],
+        &[url, "--tls-cert", "--tls-key"],
+    );
+    expect_failure(
+        "echo",
+        &["--listen", url, "--tls-cert", &cert],
+        &["--tls-key"],
+    );
+    expect_failure(
+        "echo",
+        &["--listen", url, "--tls-key", &key],
+        &["--tls-cert"],
+    );
+    let missing = pki.dir.join("missing.pem").display().to_string();
+    expect_failure(
+        "echo",
+        &["--listen", url, "--tls-cert", &missing, "--tls-key", &key],
+        &[&missing],
+    );
 }
 
 #[test]
