@@ -76,6 +76,15 @@ pub struct Config {
     /// sweep eight times per timeout: a close comes no earlier than the
     /// timeout and at most a quarter later.
     pub idle_timeout: Option<Duration>,
+    /// How long a gracefully closed TCP connection's socket lingers (default
+    /// 5 s, as nginx's `lingering_timeout`): after `on_close`, with the
+    /// write side shut and everything sent, the loop keeps reading and
+    /// discarding until the peer's end of file, so that what the peer sends
+    /// after the close (a last request, a TLS peer's last records) cannot
+    /// make the kernel reset the connection and destroy what the peer has
+    /// not read yet. At most 1,024 sockets linger at once (more close at
+    /// once); `Duration::ZERO` closes at once. An abort never lingers.
+    pub linger_timeout: Duration,
     /// How long a graceful stop waits for write queues to drain before it
     /// closes what is left (default 5 s).
     pub drain_timeout: Duration,
@@ -122,6 +131,7 @@ impl Default for Config {
             max_write_queue: 64 * 1024 * 1024,
             max_input: 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(300)),
+            linger_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             backlog: 1024,
             nodelay: true,
@@ -222,4 +232,7 @@ pub struct Stats {
     pub panics: u64,
     /// Accept failures for lack of file descriptors (EMFILE/ENFILE/ENOBUFS/ENOMEM).
     pub accept_errors: u64,
+    /// Closed TCP sockets lingering now: read and discarded until the
+    /// peer's end of file ([`Config::linger_timeout`]).
+    pub lingering: usize,
 }

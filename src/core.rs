@@ -14,9 +14,10 @@ use std::time::Duration;
 use mio::{Interest, Registry};
 
 use crate::conn::{Conn, Flush, Gate};
+use crate::linger::Lingering;
 use crate::poller::{Poller, Readiness};
 use crate::remote::Shared;
-use crate::sock::{Dgram, Listener};
+use crate::sock::{Dgram, Listener, Stream};
 use crate::timer::{TimerKind, Timers};
 use crate::{clock, CloseReason, Config, ConnId, Error, Stats, TimerId};
 
@@ -384,11 +385,13 @@ pub(crate) struct Core {
     notices: VecDeque<Notice>, // for the handler, after the running callback
     stop: Stop, // the stop state
     sweep: Option<(TimerId, Duration)>, // the idle sweep timer and its period
-    accept_paused: Vec<ConnId>, // listeners backing off after EMFILE
-    emfile_logged: Option<u64>, // last EMFILE warning, to log at most once a second
-    shared: Arc<Shared>, // the waker and flags shared with handles
-    zero_copy: ZeroCopy, // the zero-copy reply window of the running `on_data`
-    conn_type: std::any::TypeId, // the handler's `Conn` type, for states given at creation
+    lingering: Lingering, // closed TCP sockets read until the peer's end of file
+    linger_sweep: Option<TimerId>, // closes lingering sockets past their deadline, while there are some
+    accept_paused: Vec<ConnId>,    // listeners backing off after EMFILE
+    emfile_logged: Option<u64>,    // last EMFILE warning, to log at most once a second
+    shared: Arc<Shared>,           // the waker and flags shared with handles
+    zero_copy: ZeroCopy,           // the zero-copy reply window of the running `on_data`
+    conn_type: std::any::TypeId,   // the handler's `Conn` type, for states given at creation
     seeded: Vec<(ConnId, Box<dyn std::any::Any + Send>)>, // states given at creation, until the connection opens
     queue_check: usize, // a queue past this is checked against the water mark and the hard cap: the lower of the two
     #[cfg(feature = "tls")]
@@ -417,6 +420,8 @@ impl Core {
             notices: VecDeque::new(),
             stop: Stop::default(),
             sweep: None,
+            lingering: Lingering::default(),
+            linger_sweep: None,
             accept_paused: Vec::new(),
             emfile_logged: None,
             shared,
@@ -1502,8 +1507,8 @@ impl Core {
                 let (mut stream, ..) = c.into_parts();
                 if abort {
                     crate::sock::set_abortive(stream.as_fd());
-                } else {
-                    stream.linger_close();
+                } else if !stream.linger_close() {
+                    self.linger(stream);
                 }
                 if connecting {
                     // Never opened: the handler hears of a failed connect.
@@ -1537,6 +1542,47 @@ impl Core {
         };
         self.notices.push_back(Notice::Closed(id, reason, notify));
         true
+    }
+
+    /// Keeps a closed TCP socket whose peer has not closed yet, reading
+    /// until its end of file (see `linger`); closes it now if lingering is
+    /// off or full.
+    #[cold]
+    fn linger(&mut self, stream: Stream) {
+        let timeout = self.config.linger_timeout;
+        if timeout.is_zero()
+            || !self
+                .lingering
+                .add(self.poller.registry(), stream, self.now, timeout)
+        {
+            return;
+        }
+        self.stats.lingering = self.lingering.len();
+        if self.linger_sweep.is_none() {
+            let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let at = self.tick() + clock::nanos(period);
+            let id = self.timers.insert(at, Some(period), TimerKind::LingerSweep);
+            self.linger_sweep = Some(id);
+        }
+    }
+
+    /// An event for a lingering socket.
+    #[cold]
+    pub(crate) fn linger_ready(&mut self, id: ConnId, buf: &mut [u8]) {
+        self.lingering.ready(id, buf);
+        self.stats.lingering = self.lingering.len();
+    }
+
+    /// The linger sweep: closes the sockets past their deadline; the sweep
+    /// stops once none is left.
+    pub(crate) fn linger_sweep(&mut self) {
+        let now = self.tick();
+        if !self.lingering.expire(now) {
+            if let Some(id) = self.linger_sweep.take() {
+                self.timers.cancel(id);
+            }
+        }
+        self.stats.lingering = self.lingering.len();
     }
 
     /// Closes once the write queue is flushed.

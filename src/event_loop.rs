@@ -49,6 +49,7 @@ use mio::Token;
 
 use crate::conn::Gate;
 use crate::core::{Accept, Core, Kind, Notice, Read};
+use crate::linger::Lingering;
 use crate::poller::{Poller, Readiness, RESERVED, SIGNALS, TIMER, WAKER};
 use crate::remote::{Rx, Shared};
 use crate::timer::TimerKind;
@@ -738,6 +739,7 @@ impl<H: Handler> EventLoop<H> {
                 });
                 self.dispatch_notices();
             }
+            _ if Lingering::owns(id) => self.core.linger_ready(id, &mut self.rbuf),
             _ => {} // a late event for a slot that was closed (and maybe reused)
         }
     }
@@ -927,6 +929,7 @@ impl<H: Handler> EventLoop<H> {
                         self.accept(id);
                     }
                 }
+                TimerKind::LingerSweep => self.core.linger_sweep(),
                 TimerKind::IdleSweep => {
                     let mut scratch = std::mem::take(&mut self.scratch);
                     self.core.sweep_idle(&mut scratch);

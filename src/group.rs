@@ -224,6 +224,7 @@ fn add_stats(into: &mut Stats, s: &Stats) {
         timers_fired,
         panics,
         accept_errors,
+        lingering,
     } = s;
     into.connections += connections;
     into.accepted += accepted;
@@ -241,6 +242,7 @@ fn add_stats(into: &mut Stats, s: &Stats) {
     into.timers_fired += timers_fired;
     into.panics += panics;
     into.accept_errors += accept_errors;
+    into.lingering += lingering;
 }
 
 /// Counters of a group: each loop's [`Stats`] and their sum.

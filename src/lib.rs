@@ -24,6 +24,7 @@ mod group;
 pub mod guide;
 mod handler;
 mod id;
+mod linger;
 mod poller;
 pub mod proxy_protocol;
 mod readiness;

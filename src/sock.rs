@@ -87,16 +87,20 @@ impl Stream {
     /// Before a graceful close: send FIN, then discard what the peer already
     /// sent. Closing a socket with unread input makes the kernel send RST,
     /// which can destroy replies still in flight to the peer (the reason for
-    /// nginx's lingering close); this bounded drain removes the common case.
-    pub(crate) fn linger_close(&mut self) {
+    /// nginx's lingering close); this bounded drain removes the common case,
+    /// and `linger` keeps the socket for what comes later. True if the peer
+    /// is done: its end of file, or an error, was met.
+    pub(crate) fn linger_close(&mut self) -> bool {
         let _ = self.shutdown_write();
         let mut sink = [0u8; 4096];
         for _ in 0..16 {
             match self.read(&mut sink) {
-                Ok(n) if n > 0 => {}
-                _ => break,
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
             }
         }
+        false
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {

@@ -25,6 +25,8 @@ pub(crate) enum TimerKind {
     DrainDeadline,
     /// A connection's timer: `on_conn_timer` fires while it is open.
     Conn(ConnId),
+    /// Close the lingering sockets whose deadline passed.
+    LingerSweep,
     /// A TLS connection's handshake deadline: closed if still handshaking.
     #[cfg(feature = "tls")]
     TlsHandshake(ConnId),

@@ -457,12 +457,16 @@ fn idle_and_slowloris_clients_are_closed_and_a_normal_one_is_not() {
     let mut trickle = client(addr);
     let mut normal = client(addr);
 
-    // One byte every 200 ms, never a newline: not progress.
+    // One byte every 200 ms, never a newline: not progress. It stops once
+    // it has seen the server close (its writes after the close go on
+    // succeeding while the server's socket lingers).
+    let trickle_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trickler = {
         let mut w = trickle.try_clone().unwrap();
+        let closed = trickle_closed.clone();
         thread::spawn(move || {
             for _ in 0..25 {
-                if w.write_all(b"a").is_err() {
+                if closed.load(std::sync::atomic::Ordering::Relaxed) || w.write_all(b"a").is_err() {
                     return;
                 }
                 thread::sleep(Duration::from_millis(200));
@@ -483,6 +487,7 @@ fn idle_and_slowloris_clients_are_closed_and_a_normal_one_is_not() {
     assert!(got.is_empty());
     let (got, _) = read_until_closed(&mut trickle);
     let trickle_at = start.elapsed();
+    trickle_closed.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(got.is_empty());
     eprintln!("idle {idle:?}: silent closed after {silent_at:?}, trickler after {trickle_at:?}");
     // Sweeps run every idle/8: a close comes between the timeout and a

@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -437,4 +437,62 @@ fn socket_options_round_trip() {
     assert_eq!(linger, Some(Duration::from_secs(1)));
     assert_eq!(ttl, 42);
     server.stop();
+}
+
+/// Replies with `REPLY` bytes to the first data of a connection and closes.
+struct ReplyThenClose;
+
+const REPLY: usize = 1 << 20;
+
+impl Handler for ReplyThenClose {
+    type Conn = bool; // replied
+    type Msg = ();
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, replied: &mut bool, d: &[u8]) -> usize {
+        if !*replied {
+            *replied = true;
+            cx.send(id, &vec![b'r'; REPLY]).unwrap();
+            cx.close(id).unwrap();
+        }
+        d.len()
+    }
+}
+
+/// A client sends again after the server replied and closed (an HTTP
+/// client pipelining into a `Connection: close`): with the socket closed,
+/// the kernel would answer with a reset and throw away the reply the
+/// client has not read yet; lingering, the server reads and discards, and
+/// the client gets the whole reply and then end of file.
+fn reply_survives_a_late_send(linger: Duration) -> io::Result<Vec<u8>> {
+    let config = Config {
+        linger_timeout: linger,
+        ..Config::default()
+    };
+    let server = serve(|| ReplyThenClose, config, &["tcp://127.0.0.1:0"]);
+    let mut c = client(server.inet());
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"request 1\n").unwrap();
+    // The reply is in the kernel's buffers and the server has closed.
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = c.write_all(b"request 2, sent after the close\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let got = read_to_end(&mut c);
+    server.stop();
+    got
+}
+
+#[test]
+fn lingering_close_keeps_the_reply_from_a_reset() {
+    let got = reply_survives_a_late_send(Duration::from_secs(5));
+    let got = got.unwrap_or_else(|e| panic!("the reply was cut off by {e}"));
+    assert_eq!(got.len(), REPLY, "the reply, whole, then end of file");
+}
+
+/// The same with lingering off: the reset comes, as the reason for
+/// lingering says (this pins the test above to the behaviour it is for).
+#[test]
+fn without_lingering_the_late_send_resets() {
+    match reply_survives_a_late_send(Duration::ZERO) {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(got) => assert!(got.len() < REPLY, "no reset: {} bytes", got.len()),
+    }
 }
