@@ -1467,11 +1467,20 @@ impl Core {
     /// is told) and deregisters it: the one way out of the loop, for close,
     /// abort, detach and a failed connect.
     fn take(&mut self, id: ConnId) -> Result<Kind, Error> {
+        self.take_from_poll(id, true)
+    }
+
+    /// `take`; a stream connection stays registered unless `conn_too`: its
+    /// descriptor is about to be closed (which takes it out of the poll
+    /// set) or to linger under another token (`close`), and a system call
+    /// is saved.
+    fn take_from_poll(&mut self, id: ConnId, conn_too: bool) -> Result<Kind, Error> {
         let mut kind = std::mem::replace(self.entry(id)?, Kind::Closed);
         let registry = self.poller.registry();
         let _ = match &mut kind {
             Kind::Listener { l, .. } => registry.deregister(l.source()),
-            Kind::Conn(c) => registry.deregister(c.stream_mut().source()),
+            Kind::Conn(c) if conn_too => registry.deregister(c.stream_mut().source()),
+            Kind::Conn(_) => Ok(()),
             Kind::Dgram(d) => registry.deregister(d.sock.source()),
             Kind::Fd(fd) => registry.deregister(&mut mio::unix::SourceFd(&fd.as_raw_fd())),
             Kind::Closed | Kind::Vacant => Ok(()),
@@ -1493,7 +1502,7 @@ impl Core {
     /// `on_close` (or `on_connect_failed` for a connect in progress). False
     /// for a stale id.
     pub(crate) fn close(&mut self, id: ConnId, reason: CloseReason, abort: bool) -> bool {
-        let Ok(kind) = self.take(id) else {
+        let Ok(kind) = self.take_from_poll(id, false) else {
             return false;
         };
         let notify = match kind {

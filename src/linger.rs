@@ -51,7 +51,8 @@ impl std::fmt::Debug for Lingering {
 impl Lingering {
     /// Keeps a TCP stream whose write side is shut until `now + timeout`;
     /// false (and the stream is dropped, so closed) when there is no room or
-    /// it cannot be registered.
+    /// it cannot be registered. The stream is still registered under its
+    /// connection's token: it moves to a lingering one.
     pub(crate) fn add(
         &mut self,
         registry: &mio::Registry,
@@ -65,7 +66,7 @@ impl Lingering {
         let entry = self.socks.vacant_entry();
         let token = ConnId::new(entry.key() as u32, LINGER_GEN).token();
         if registry
-            .register(stream.source(), token, mio::Interest::READABLE)
+            .reregister(stream.source(), token, mio::Interest::READABLE)
             .is_err()
         {
             return false;
