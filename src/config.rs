@@ -83,7 +83,9 @@ pub struct Config {
     /// after the close (a last request, a TLS peer's last records) cannot
     /// make the kernel reset the connection and destroy what the peer has
     /// not read yet. At most 1,024 sockets linger at once (more close at
-    /// once); `Duration::ZERO` closes at once. An abort never lingers.
+    /// once), and when accepting runs out of file descriptors the lingering
+    /// ones are closed first; `Duration::ZERO` closes at once. An abort
+    /// never lingers.
     pub linger_timeout: Duration,
     /// How long a graceful stop waits for write queues to drain before it
     /// closes what is left (default 5 s).

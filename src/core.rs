@@ -1368,8 +1368,20 @@ impl Core {
     /// most once a second.
     #[cold]
     fn fd_exhausted(&mut self, id: ConnId, e: io::Error) {
-        self.accept_paused.push(id);
         self.stats.accept_errors += 1;
+        // Lingering sockets are the descriptors to give back first: closed
+        // now, the listener is served again at once.
+        if self.lingering.len() > 0 {
+            log::debug!(
+                "accept on {id}: {e}; closing {} lingering sockets",
+                self.lingering.len()
+            );
+            self.lingering.close_all();
+            self.stats.lingering = 0;
+            self.ready.push(id);
+            return;
+        }
+        self.accept_paused.push(id);
         let backoff = self.config.accept_backoff;
         let now = self.tick();
         if self

@@ -117,6 +117,12 @@ impl Lingering {
         !self.socks.is_empty()
     }
 
+    /// Closes every lingering socket (each drained once first): the
+    /// process ran out of descriptors.
+    pub(crate) fn close_all(&mut self) {
+        drain_and_close(self.socks.drain());
+    }
+
     /// How many sockets linger.
     pub(crate) fn len(&self) -> usize {
         self.socks.len()
@@ -127,15 +133,21 @@ impl Lingering {
 /// since its last event, which would make the close a reset) and closed.
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let mut buf = [0u8; 16 * 1024];
-        for mut entry in self.socks.drain() {
-            let mut discarded = 0;
-            while discarded < DISCARD_PER_EVENT {
-                match entry.stream.read(&mut buf) {
-                    Ok(n) if n > 0 => discarded += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => break,
-                }
+        drain_and_close(self.socks.drain());
+    }
+}
+
+/// Reads each socket once more (what has come since its last event) and
+/// closes it.
+fn drain_and_close(entries: impl Iterator<Item = Entry>) {
+    let mut buf = [0u8; 16 * 1024];
+    for mut entry in entries {
+        let mut discarded = 0;
+        while discarded < DISCARD_PER_EVENT {
+            match entry.stream.read(&mut buf) {
+                Ok(n) if n > 0 => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
             }
         }
     }

@@ -351,7 +351,32 @@ struct Child {
 
 impl Child {
     fn spawn(args: &[&str]) -> Child {
-        let mut child = Command::new(example_binary("http"))
+        Child::spawn_with(args, Command::new(example_binary("http")))
+    }
+
+    /// The example with at most `nofile` file descriptors.
+    fn spawn_limited(args: &[&str], nofile: u64) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(example_binary("http"));
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Child::spawn_with(args, cmd)
+    }
+
+    fn spawn_with(args: &[&str], mut cmd: Command) -> Child {
+        let mut child = cmd
             .args(["--listen", "tcp://127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -488,4 +513,36 @@ fn wrk_3_seconds_without_errors() {
     assert!(!text.contains("Socket errors"), "{text}");
     assert!(!text.contains("Non-2xx"), "{text}");
     assert!(text.contains("Requests/sec"), "{text}");
+}
+
+/// Sockets that linger after a close are the first descriptors given back:
+/// clients that got a `Connection: close` answer and keep their end open
+/// leave the server's sockets lingering; out of descriptors, the server
+/// closes those rather than pausing its accepts, so each next client is
+/// served at once, not after the linger timeout (5 s).
+#[test]
+fn out_of_descriptors_closes_lingering_sockets_first() {
+    let _w = watchdog("lingering_fds", Duration::from_secs(120));
+    let child = Child::spawn_limited(&[], 48);
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let started = Instant::now();
+        let mut c = TcpStream::connect(child.addr).unwrap();
+        c.set_read_timeout(Some(STEP)).unwrap();
+        c.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        let took = started.elapsed();
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "client {i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "client {i} was served only after {took:?}: the server waited for descriptors"
+        );
+        held.push(c); // kept open: the server's socket lingers
+    }
 }
