@@ -15,7 +15,7 @@ mod proto;
 #[path = "../examples/http/server.rs"]
 mod server;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -345,7 +345,7 @@ fn incomplete_request_gets_408_after_the_timeout_then_close() {
 
 /// The built example as a child, with `args`; its address from its log.
 struct Child {
-    child: std::process::Child,
+    example: ExampleChild,
     addr: std::net::SocketAddr,
 }
 
@@ -376,57 +376,27 @@ impl Child {
     }
 
     fn spawn_with(args: &[&str], mut cmd: Command) -> Child {
-        let mut child = cmd
-            .args(["--listen", "tcp://127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the http example");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                // "http listening on tcp://127.0.0.1:0 (127.0.0.1:PORT)"
-                if let Some((_, at)) = line.split_once("http listening on ") {
-                    let at = at.rsplit_once('(').unwrap().1.trim_end_matches(')');
-                    let _ = tx.send(at.parse::<std::net::SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(STEP) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the http example logged no address: {:?}", child.wait());
-            }
-        };
-        Child { child, addr }
+        cmd.args(["--listen", "tcp://127.0.0.1:0"]).args(args);
+        let example = ExampleChild::spawn_command("http", cmd);
+        Child {
+            addr: example.addr,
+            example,
+        }
     }
 
     /// Sends SIGINT and expects a clean exit.
     fn interrupt(mut self) {
         // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.example.pid() as i32, libc::SIGINT) };
         let deadline = Instant::now() + STEP;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.example.child.try_wait().unwrap() {
                 assert!(status.success(), "exit after SIGINT: {status:?}");
                 return;
             }
             assert!(Instant::now() < deadline, "no exit after SIGINT");
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

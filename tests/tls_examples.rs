@@ -14,7 +14,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use netloop::rustls::{self, pki_types::ServerName, ClientConnection};
@@ -92,61 +92,10 @@ impl Drop for Pki {
 
 // ----- The examples as child processes -----
 
-/// An example running as a child process; killed when dropped.
-struct Example {
-    child: std::process::Child,
-    /// Where it listens (its first listener, from its log).
-    addr: SocketAddr,
-    /// Its stderr so far, for failure messages.
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// The examples as child processes (tests/util).
+type Example = util::ExampleChild;
 
 impl Example {
-    /// Starts example `name` with `args` and waits (within [`STEP`]) for the
-    /// log line "NAME listening on URL (ADDRESS)".
-    fn spawn(name: &str, args: &[String]) -> Example {
-        let mut child = Command::new(example_binary(name))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn the {name} example: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        let marker = format!("{name} listening on ");
-        std::thread::spawn(move || {
-            // Reads to the end, so the child never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line
-                    .split_once(&marker)
-                    .and_then(|(_, rest)| rest.rsplit_once('('))
-                    .and_then(|(_, rest)| rest.split_once(')'))
-                    .and_then(|(addr, _)| addr.parse::<SocketAddr>().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(STEP) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "the {name} example logged no address ({status:?}): {:?}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        Example { child, addr, log }
-    }
-
     /// The TLS echo example with `pki`'s certificate.
     fn echo(pki: &Pki) -> Example {
         Example::spawn("echo", &pki.serve_args())
@@ -157,27 +106,6 @@ impl Example {
         let mut args = pki.serve_args();
         args.extend(extra.iter().map(|s| s.to_string()));
         Example::spawn("http", &args)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics (with its log) if it has exited.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "the example exited ({status}): {:?}",
-                self.log.lock().unwrap()
-            );
-        }
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -603,3 +603,91 @@ impl Drop for ChildServer {
         let _ = self.child.wait();
     }
 }
+
+/// An example running as a child process, killed when dropped: the address
+/// of its first listener, from its log line "NAME listening on URL
+/// (ADDRESS)", and its stderr so far.
+pub struct ExampleChild {
+    pub child: std::process::Child,
+    /// Where it listens (its first listener).
+    pub addr: std::net::SocketAddr,
+    /// Its stderr so far, for failure messages.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ExampleChild {
+    /// Starts example `name` with `args` and waits (within [`STEP`]) for
+    /// the address in its log.
+    pub fn spawn(name: &str, args: &[String]) -> ExampleChild {
+        let mut cmd = std::process::Command::new(example_binary(name));
+        cmd.args(args);
+        ExampleChild::spawn_command(name, cmd)
+    }
+
+    /// As [`spawn`](ExampleChild::spawn), from a command made ready by the
+    /// caller (the example's binary, its arguments, limits).
+    pub fn spawn_command(name: &str, mut cmd: std::process::Command) -> ExampleChild {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the {name} example: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        let marker = format!("{name} listening on ");
+        std::thread::spawn(move || {
+            // Reads to the end, so the child never blocks on a full pipe.
+            for line in io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line
+                    .split_once(&marker)
+                    .and_then(|(_, rest)| rest.rsplit_once('('))
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .and_then(|(addr, _)| addr.parse::<std::net::SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(STEP) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "the {name} example logged no address ({status:?}): {:?}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        ExampleChild { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics (with its log) if it has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "the example exited ({status}): {:?}",
+                self.log.lock().unwrap()
+            );
+        }
+    }
+}
+
+impl Drop for ExampleChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
