@@ -154,6 +154,18 @@ impl Conn {
         self.output.queued()
     }
 
+    /// What the write-queue limits count: the queue and, on a TLS
+    /// connection still handshaking, the plaintext rustls holds until the
+    /// handshake completes (then encrypted into the queue).
+    #[inline(always)]
+    pub(crate) fn queued_for_limits(&self) -> usize {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return self.queued() + tls.early();
+        }
+        self.queued()
+    }
+
     // ----- Reading -----
 
     /// True if the read loop must stop here (paused, closing, connecting, at
@@ -600,14 +612,6 @@ impl Conn {
         self.tls.is_some()
     }
 
-    /// True for a TLS connection whose handshake has not completed.
-    /// The queue and, on a TLS connection still handshaking, the plaintext
-    /// rustls holds until the handshake completes: what the limits count.
-    #[cfg(feature = "tls")]
-    pub(crate) fn queued_with_early(&self) -> usize {
-        self.queued() + self.tls.as_ref().map_or(0, |t| t.early())
-    }
-
     /// True for a TLS client connection whose handshake has not completed:
     /// as a connect in progress, it has not opened.
     #[cfg(feature = "tls")]
@@ -623,6 +627,7 @@ impl Conn {
         self.tls.as_deref()
     }
 
+    /// True for a TLS connection whose handshake has not completed.
     #[cfg(feature = "tls")]
     pub(crate) fn tls_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())

@@ -1120,7 +1120,10 @@ impl Core {
     /// the next poll, and the high-water mark (or the hard cap) applies.
     fn after_queued(&mut self, id: ConnId) -> Result<(), Error> {
         let limit = self.queue_check;
-        let over = self.slots.conn(id).is_some_and(|c| c.queued() > limit);
+        let over = self
+            .slots
+            .conn(id)
+            .is_some_and(|c| c.queued_for_limits() > limit);
         self.mark_pending(id);
         if over {
             return self.over_high_water(id);
@@ -1145,11 +1148,7 @@ impl Core {
         let Some(c) = self.slots.conn(id) else {
             return Err(Error::Stale);
         };
-        #[cfg(feature = "tls")]
-        let queued = c.queued_with_early();
-        #[cfg(not(feature = "tls"))]
-        let queued = c.queued();
-        if queued > max {
+        if c.queued_for_limits() > max {
             self.close(id, CloseReason::WriteQueueFull, true);
             return Err(Error::QueueFull);
         }
@@ -1371,7 +1370,7 @@ impl Core {
         self.stats.accept_errors += 1;
         // Lingering sockets are the descriptors to give back first: closed
         // now, the listener is served again at once.
-        if self.lingering.len() > 0 {
+        if !self.lingering.is_empty() {
             log::debug!(
                 "accept on {id}: {e}; closing {} lingering sockets",
                 self.lingering.len()
@@ -1758,11 +1757,9 @@ impl Core {
                 }
                 if opened {
                     self.notices.push_back(Notice::Open(id));
-                    // What was sent during the handshake is in the queue now.
-                    let limit = self.queue_check;
-                    if self.slots.conn(id).is_some_and(|c| c.queued() > limit)
-                        && self.over_high_water(id).is_err()
-                    {
+                    // What was sent during the handshake is in the queue
+                    // now: past the high-water mark, the pause follows on_open.
+                    if self.after_queued(id).is_err() {
                         return Read::Failed;
                     }
                 }
@@ -1786,12 +1783,7 @@ impl Core {
             return Err(Error::Stale);
         };
         c.tls_send(data);
-        let over = c.queued_with_early() > self.queue_check;
-        self.mark_pending(id);
-        if over {
-            return self.over_high_water(id);
-        }
-        Ok(())
+        self.after_queued(id)
     }
 
     // ----- Idle time -----

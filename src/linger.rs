@@ -127,6 +127,11 @@ impl Lingering {
     pub(crate) fn len(&self) -> usize {
         self.socks.len()
     }
+
+    /// True if none lingers.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
 }
 
 /// The loop is going away: each socket is read once more (what has come

@@ -156,9 +156,7 @@ impl TlsConn {
         self.conn.send_close_notify();
         self.pending(out);
     }
-}
 
-impl TlsConn {
     /// The protocol agreed by ALPN, once the handshake has completed.
     pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
