@@ -298,9 +298,11 @@ impl<'a> Context<'a> {
     }
 
     /// [`send`](Context::send) of several slices as one message (a header
-    /// and a body, say): with nothing queued they are written at once with
-    /// one `sendmsg` (writev) and only what the kernel leaves is copied into
-    /// the queue; otherwise they are appended to it. On a connected datagram
+    /// and a body, say): with nothing queued and 16 KiB or more in all,
+    /// they are written at once with one `sendmsg` (writev) and only what
+    /// the kernel leaves is copied into the queue; otherwise they are
+    /// appended to it, and go with the rest of the turn's output, as a
+    /// small `send` does. On a connected datagram
     /// socket the slices make one datagram.
     ///
     /// # Errors
@@ -660,7 +662,11 @@ impl<'a> Context<'a> {
         let idle = self.core.idle_ns();
         let now = self.core.now();
         let nodelay = self.core.config().nodelay;
-        let stream = |s: Stream| Kind::Conn(Conn::new(s, false, now, idle));
+        // Options as an accepted connection's (TCP_NODELAY, SO_NOSIGPIPE).
+        let stream = |s: Stream| {
+            crate::sock::after_accept(&s, nodelay);
+            Kind::Conn(Conn::new(s, false, now, idle))
+        };
         let kind = match socket {
             StdSocket::TcpListener(l) => Kind::Listener {
                 l: Listener::Tcp(mio::net::TcpListener::from_std(l)),
@@ -670,12 +676,7 @@ impl<'a> Context<'a> {
                 l: Listener::Unix(mio::net::UnixListener::from_std(l), None),
                 paused: false,
             },
-            StdSocket::TcpStream(s) => {
-                if nodelay {
-                    let _ = s.set_nodelay(true);
-                }
-                stream(Stream::Tcp(mio::net::TcpStream::from_std(s)))
-            }
+            StdSocket::TcpStream(s) => stream(Stream::Tcp(mio::net::TcpStream::from_std(s))),
             StdSocket::UnixStream(s) => stream(Stream::Unix(mio::net::UnixStream::from_std(s))),
             StdSocket::UdpSocket(s) => Kind::Dgram(DgramEntry::new(Dgram::Udp(
                 mio::net::UdpSocket::from_std(s),

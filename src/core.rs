@@ -1014,7 +1014,8 @@ impl Core {
                     return self.send_tls(id, &bufs.concat());
                 }
                 let mut skip = 0;
-                if c.can_write_now() {
+                // As `send`: small messages wait for the turn's one write.
+                if c.can_write_now() && bufs.iter().map(|b| b.len()).sum::<usize>() >= DIRECT_SEND {
                     skip = c.write_vectored(bufs, now);
                     self.stats.bytes_written += skip as u64;
                 }
@@ -1331,7 +1332,7 @@ impl Core {
         let stream = match l.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accept::Done,
-            Err(e) if is_fd_exhaustion(&e) => {
+            Err(e) if crate::sock::is_fd_exhaustion(&e) => {
                 *paused = true;
                 self.fd_exhausted(id, e);
                 return Accept::Exhausted;
@@ -1847,13 +1848,6 @@ fn note_read_closed(c: &mut Conn, ready: Readiness) {
     if ready.read_closed() {
         c.note_read_closed();
     }
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 impl Drop for Core {

@@ -909,9 +909,9 @@ impl<H: Handler> EventLoop<H> {
                 .call(&mut self.core, None, |h, cx, _| h.on_message(cx, msg));
             self.dispatch_notices();
         }
-        // More may be waiting: come back next turn without blocking.
-        shared.notified.store(true, Ordering::SeqCst);
-        let _ = shared.waker.wake();
+        // More may be waiting: come back next turn without blocking (a
+        // sender's own wake since the drain began already does).
+        shared.wake();
     }
 
     fn fire_timers(&mut self) {

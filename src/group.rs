@@ -616,7 +616,7 @@ impl<H: Handler + 'static> Handler for Member<H> {
         match cmd {
             Cmd::User(msg) => self.user.on_message(cx, msg),
             Cmd::Send(id, data) => {
-                if let Err(e) = cx.send(id, &data) {
+                if let Err(e) = cx.send_owned(id, data) {
                     self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
                     log::debug!("loop {}: remote send to {id}: {e}", self.index);
                 }
@@ -696,14 +696,8 @@ impl<H: Handler> Acceptor<H> {
                     self.dispatch(socket, ip, balance);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(e) => {
-                    // Out of fds (EMFILE, ENFILE, ENOBUFS, ENOMEM) or worse:
-                    // wait, keeping the rest in the backlog.
+                Err(e) if crate::sock::is_fd_exhaustion(&e) => {
+                    // Out of fds: wait, keeping the rest in the backlog.
                     self.warn(&format!(
                         "accept: {e}; accepting again in {:?}",
                         self.backoff
@@ -711,6 +705,9 @@ impl<H: Handler> Acceptor<H> {
                     retry = Some(self.backoff);
                     break;
                 }
+                // One connection's failure (aborted, a protocol error): the
+                // next one, as a loop's own accept does.
+                Err(e) => log::debug!("accept: {e}"),
             }
         }
         // The budget is spent (come back next turn) or accepting failed.

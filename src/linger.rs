@@ -10,8 +10,6 @@
 //! (the generation [`LINGER_GEN`], past every slot's last), so its events
 //! come to the loop as events for no live socket, and go here.
 
-use std::io;
-
 use crate::clock;
 use crate::id::ConnId;
 use crate::sock::Stream;
@@ -90,22 +88,8 @@ impl Lingering {
         let Some(entry) = self.socks.get_mut(key) else {
             return;
         };
-        let mut discarded = 0;
-        let done = loop {
-            match entry.stream.read(buf) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    discarded += n;
-                    if discarded >= DISCARD_PER_EVENT {
-                        break false; // the deadline closes it
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break true,
-            }
-        };
-        if done {
+        // At the limit it waits for more, or for its deadline.
+        if entry.stream.discard(buf, DISCARD_PER_EVENT) == Some(true) {
             // Closing the descriptor takes it out of the poll set too.
             drop(self.socks.remove(key));
         }
@@ -147,13 +131,6 @@ impl Drop for Lingering {
 fn drain_and_close(entries: impl Iterator<Item = Entry>) {
     let mut buf = [0u8; 16 * 1024];
     for mut entry in entries {
-        let mut discarded = 0;
-        while discarded < DISCARD_PER_EVENT {
-            match entry.stream.read(&mut buf) {
-                Ok(n) if n > 0 => discarded += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => break,
-            }
-        }
+        let _ = entry.stream.discard(&mut buf, DISCARD_PER_EVENT);
     }
 }

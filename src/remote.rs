@@ -37,14 +37,14 @@ impl Shared {
 /// [`Config::message_queue`](crate::Config::message_queue).
 enum Tx<M> {
     Unbounded(mpsc::Sender<M>),
-    Bounded(mpsc::SyncSender<M>, usize),
+    Bounded(mpsc::SyncSender<M>),
 }
 
 impl<M> Clone for Tx<M> {
     fn clone(&self) -> Self {
         match self {
             Tx::Unbounded(tx) => Tx::Unbounded(tx.clone()),
-            Tx::Bounded(tx, n) => Tx::Bounded(tx.clone(), *n),
+            Tx::Bounded(tx) => Tx::Bounded(tx.clone()),
         }
     }
 }
@@ -69,7 +69,7 @@ pub(crate) fn channel<M>(shared: Arc<Shared>, bound: Option<usize>) -> (Handle<M
         }
         Some(n) => {
             let (tx, rx) = mpsc::sync_channel(n);
-            (Tx::Bounded(tx, n), rx)
+            (Tx::Bounded(tx), rx)
         }
     };
     (Handle { tx, shared }, Rx(rx))
@@ -175,7 +175,7 @@ impl<M: Send> Handle<M> {
     pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
         match &self.tx {
             Tx::Unbounded(tx) => tx.send(msg).map_err(|e| SendError::Closed(e.0))?,
-            Tx::Bounded(tx, _) => tx.try_send(msg).map_err(|e| match e {
+            Tx::Bounded(tx) => tx.try_send(msg).map_err(|e| match e {
                 mpsc::TrySendError::Full(m) => SendError::Full(m),
                 mpsc::TrySendError::Disconnected(m) => SendError::Closed(m),
             })?,

@@ -75,6 +75,14 @@ impl Stream {
 
     /// `sendmsg` of several slices at once, without SIGPIPE.
     pub(crate) fn send_vectored(&self, bufs: &[&[u8]]) -> io::Result<usize> {
+        const ON_STACK: usize = 8;
+        if bufs.len() <= ON_STACK {
+            let mut slices = [io::IoSlice::new(&[]); ON_STACK];
+            for (slice, b) in slices.iter_mut().zip(bufs) {
+                *slice = io::IoSlice::new(b);
+            }
+            return SockRef::from(self).send_vectored_with_flags(&slices[..bufs.len()], SEND_FLAGS);
+        }
         let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
         SockRef::from(self).send_vectored_with_flags(&slices, SEND_FLAGS)
     }
@@ -93,14 +101,23 @@ impl Stream {
     pub(crate) fn linger_close(&mut self) -> bool {
         let _ = self.shutdown_write();
         let mut sink = [0u8; 4096];
-        for _ in 0..16 {
-            match self.read(&mut sink) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
+        self.discard(&mut sink, 16 * 4096) == Some(true)
+    }
+
+    /// Reads and discards what the peer sent, up to `limit` bytes: `Some(true)`
+    /// at its end of file or an error (it is done), `Some(false)` once
+    /// nothing more is there, `None` at the limit.
+    pub(crate) fn discard(&mut self, buf: &mut [u8], limit: usize) -> Option<bool> {
+        let mut discarded = 0;
+        while discarded < limit {
+            match self.read(buf) {
+                Ok(0) => return Some(true),
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(e.kind() != io::ErrorKind::WouldBlock),
             }
         }
-        false
+        None
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
@@ -461,6 +478,16 @@ fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
         s
     };
     Ok(s)
+}
+
+/// True for an accept that failed for lack of file descriptors or memory
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM): accepting backs off; any other
+/// failure is the one connection's.
+pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Options every accepted connection gets: TCP_NODELAY when asked for,
