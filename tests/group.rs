@@ -330,6 +330,25 @@ fn source_ip_hash_keeps_each_client_ip_on_one_loop() {
     running.stop().1.unwrap();
 }
 
+/// The TCP sockets listening on `port` (IPv4 and IPv6), from /proc/net.
+fn listening_on(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+                })
+                .count()
+        })
+        .sum()
+}
+
 #[test]
 fn reuse_port_gives_every_loop_a_listener() {
     let _watchdog = watchdog("reuse_port", Duration::from_secs(60));
@@ -342,6 +361,8 @@ fn reuse_port_gives_every_loop_a_listener() {
     let clients: Vec<_> = (0..60).map(|_| connect_probe(addr)).collect();
     let counts = spread(clients.iter().map(|c| c.1), 4);
     assert!(counts.iter().all(|&n| n > 0), "a loop got none: {counts:?}");
+    // One listening socket per loop (a single acceptor would be one).
+    assert_eq!(listening_on(addr.port()), 4, "listeners on {addr}");
     drop(clients);
     let (group, result) = running.stop();
     result.unwrap();
