@@ -428,11 +428,22 @@ impl Conn {
             return false;
         }
         self.flags.0 |= Flags::SHUTDOWN;
-        if self.output.is_empty() && !self.is_connecting() {
+        if self.output.is_empty() && !self.is_opening() {
             self.flags.0 |= Flags::WRITE_SHUT;
             return true;
         }
         false
+    }
+
+    /// True until the connection is open: connecting, or (TLS) until its
+    /// handshake completes.
+    #[inline]
+    pub(crate) fn is_opening(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls_handshaking() {
+            return true;
+        }
+        self.is_connecting()
     }
 
     /// True once a graceful close is under way.
@@ -549,7 +560,11 @@ impl Conn {
         }
         out.settle();
         if out.is_empty() {
-            if self.flags.0 & (Flags::SHUTDOWN | Flags::WRITE_SHUT) == Flags::SHUTDOWN {
+            // A TLS handshake's records drained: the shutdown waits for the
+            // handshake (and its close_notify, queued when it completes).
+            if self.flags.0 & (Flags::SHUTDOWN | Flags::WRITE_SHUT) == Flags::SHUTDOWN
+                && !self.is_opening()
+            {
                 self.flags.0 |= Flags::WRITE_SHUT;
                 if let Err(e) = self.stream.shutdown_write() {
                     log::debug!("shutdown: {e}");
@@ -627,6 +642,12 @@ impl Conn {
         self.tls.as_deref()
     }
 
+    /// The TLS session, to change.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_mut(&mut self) -> Option<&mut crate::tls::TlsConn> {
+        self.tls.as_deref_mut()
+    }
+
     /// True for a TLS connection whose handshake has not completed.
     #[cfg(feature = "tls")]
     pub(crate) fn tls_handshaking(&self) -> bool {
@@ -653,6 +674,15 @@ impl Conn {
         }
     }
 
+    /// The TLS handshake completed: a half-close asked for during it goes
+    /// ahead, close_notify first (the flush then shuts the write side).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_opened(&mut self) {
+        if self.flags.0 & (Flags::SHUTDOWN | Flags::WRITE_SHUT) == Flags::SHUTDOWN {
+            self.tls_close_notify();
+        }
+    }
+
     /// Queues close_notify on a TLS connection whose handshake completed
     /// (true if it did).
     #[cfg(feature = "tls")]
@@ -667,6 +697,11 @@ impl Conn {
     }
 
     // ----- The end -----
+
+    /// The socket alone, for a close: what was queued and held is dropped.
+    pub(crate) fn into_stream(self) -> Stream {
+        self.stream
+    }
 
     /// Takes the connection apart for detach: the socket, the bytes queued
     /// and not sent, and the input held back.

@@ -1518,14 +1518,17 @@ impl Core {
             return false;
         };
         let notify = match kind {
-            Kind::Conn(c) => {
+            #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+            Kind::Conn(mut c) => {
                 self.stats.closed += 1;
+                #[cfg(feature = "tls")]
+                cancel_tls_deadline(&mut self.timers, &mut c);
                 let connecting = c.is_connecting();
                 // A TLS client that has not completed its handshake has not
                 // opened either.
                 #[cfg(feature = "tls")]
                 let connecting = connecting || c.tls_client_handshaking();
-                let (mut stream, ..) = c.into_parts();
+                let mut stream = c.into_stream();
                 if abort {
                     crate::sock::set_abortive(stream.as_fd());
                 } else if !stream.linger_close() {
@@ -1533,16 +1536,19 @@ impl Core {
                 }
                 if connecting {
                     // Never opened: the handler hears of a failed connect.
-                    let err = if reason == CloseReason::Tls {
-                        io::Error::new(
+                    // (A TLS client's handshake can end for any reason.)
+                    let err = match reason {
+                        CloseReason::Tls => io::Error::new(
                             io::ErrorKind::InvalidData,
                             "the TLS handshake failed or timed out",
-                        )
-                    } else {
-                        io::Error::new(
+                        ),
+                        CloseReason::Reset => io::ErrorKind::ConnectionReset.into(),
+                        CloseReason::PeerClosed => io::ErrorKind::UnexpectedEof.into(),
+                        CloseReason::Error(kind) => kind.into(),
+                        _ => io::Error::new(
                             io::ErrorKind::Interrupted,
                             format!("connect abandoned: {reason:?}"),
-                        )
+                        ),
                     };
                     self.notices.push_back(Notice::ConnectFailed(id, err));
                     return true;
@@ -1707,7 +1713,10 @@ impl Core {
     #[cfg(feature = "tls")]
     pub(crate) fn tls_deadline(&mut self, id: ConnId) {
         let at = self.tick() + clock::nanos(self.config.tls_handshake_timeout);
-        self.timers.insert(at, None, TimerKind::TlsHandshake(id));
+        let timer = self.timers.insert(at, None, TimerKind::TlsHandshake(id));
+        if let Some(tls) = self.slots.conn(id).and_then(Conn::tls_mut) {
+            tls.set_deadline(timer);
+        }
     }
 
     /// The handshake deadline of `id` passed: closed if still handshaking.
@@ -1757,6 +1766,10 @@ impl Core {
                     return Read::Failed;
                 }
                 if opened {
+                    if let Some(c) = self.slots.conn(id) {
+                        cancel_tls_deadline(&mut self.timers, c);
+                        c.tls_opened();
+                    }
                     self.notices.push_back(Notice::Open(id));
                     // What was sent during the handshake is in the queue
                     // now: past the high-water mark, the pause follows on_open.
@@ -1847,6 +1860,16 @@ impl Core {
 fn note_read_closed(c: &mut Conn, ready: Readiness) {
     if ready.read_closed() {
         c.note_read_closed();
+    }
+}
+
+/// Cancels a TLS connection's handshake deadline (the handshake completed,
+/// or the connection closes), so that no timer waits out the full timeout
+/// for nothing.
+#[cfg(feature = "tls")]
+fn cancel_tls_deadline(timers: &mut Timers, c: &mut Conn) {
+    if let Some(timer) = c.tls_mut().and_then(crate::tls::TlsConn::take_deadline) {
+        timers.cancel(timer);
     }
 }
 

@@ -916,6 +916,16 @@ fn connect_tls_send_and_close_in_on_open_delivers_it() {
     }
     drop(el);
     sink.wait_received(PAYLOAD);
+    // And its connection ends cleanly: end of file, not a reset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.closed.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sink's connection never closed"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*sink.closed.lock().unwrap(), vec![CloseReason::PeerClosed]);
     assert_eq!(
         heard.last(),
         Some(&Heard::Close(CloseReason::Closed)),
@@ -939,5 +949,33 @@ fn connect_tls_failed_handshake_is_a_failed_connect() {
     assert_eq!(
         el.handler().heard,
         vec![Heard::ConnectFailed(std::io::ErrorKind::InvalidData)]
+    );
+}
+
+/// A `connect_tls` client that sends and half-closes before its handshake
+/// completes: the bytes go once it does, then close_notify and the write
+/// side's shutdown (before, the write side was shut under the handshake
+/// and the connect failed with nothing delivered).
+#[test]
+fn connect_tls_send_then_shutdown_during_the_handshake_delivers() {
+    let pki = pki();
+    let sink = Sink::start(pki.server.clone());
+    let mut el = EventLoop::new(Recorder::new(true)).unwrap();
+    let url = format!("tls://127.0.0.1:{}", sink.port);
+    let id = el
+        .context()
+        .connect_tls(url.as_str(), client_config(&pki.ca), "localhost")
+        .unwrap();
+    el.context().send(id, b"0123456789").unwrap();
+    el.context().shutdown(id).unwrap();
+    // The sink closes once it has read the close_notify (its on_eof), so
+    // the client hears the end of its connection.
+    run_until(&mut el, Recorder::closed);
+    sink.wait_received(10);
+    let heard = el.handler().heard.clone();
+    assert_eq!(heard.first(), Some(&Heard::Open), "{heard:?}");
+    assert!(
+        !heard.iter().any(|h| matches!(h, Heard::ConnectFailed(_))),
+        "{heard:?}"
     );
 }

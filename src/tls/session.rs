@@ -24,10 +24,11 @@ pub(crate) enum Fed {
 
 /// One connection's TLS session.
 pub(crate) struct TlsConn {
-    conn: Connection, // the rustls state machine
-    opened: bool,     // the handshake completed (the handler heard on_open)
-    eof: bool,        // the peer's close_notify arrived
-    early: usize,     // plaintext sent during the handshake, held by rustls
+    conn: Connection,                 // the rustls state machine
+    opened: bool,                     // the handshake completed (the handler heard on_open)
+    eof: bool,                        // the peer's close_notify arrived
+    early: usize,                     // plaintext sent during the handshake, held by rustls
+    deadline: Option<crate::TimerId>, // the handshake's deadline, cancelled when it completes
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -60,12 +61,23 @@ impl TlsConn {
             opened: false,
             eof: false,
             early: 0,
+            deadline: None,
         }
     }
 
     /// True until the handshake completes.
     pub(crate) fn is_handshaking(&self) -> bool {
         !self.opened
+    }
+
+    /// The handshake's deadline timer: kept to be cancelled, taken once.
+    pub(crate) fn set_deadline(&mut self, timer: crate::TimerId) {
+        self.deadline = Some(timer);
+    }
+
+    /// The handshake's deadline timer, if still armed.
+    pub(crate) fn take_deadline(&mut self) -> Option<crate::TimerId> {
+        self.deadline.take()
     }
 
     /// True for the client side (`connect_tls`).
