@@ -478,13 +478,21 @@ fn sends_to_a_closed_connection_are_counted_not_a_panic() {
         handle.send(remote, b"x".to_vec()),
         Err(SendError::Closed(_))
     ));
-    let _ = handle.message(
+    // And so is a message: the loop is gone.
+    let late = handle.message(
         0,
         ProbeMsg::Produce {
             target: remote,
             sender: 0,
             count: 1,
         },
+    );
+    assert!(
+        matches!(
+            late,
+            Err(SendError::Closed(ProbeMsg::Produce { count: 1, .. }))
+        ),
+        "a message after the stop: {late:?}"
     );
 }
 
