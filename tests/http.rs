@@ -18,6 +18,8 @@ mod server;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use util::*;
@@ -321,20 +323,38 @@ fn incomplete_request_gets_408_after_the_timeout_then_close() {
     let mut c = Reader::new(server.inet());
     c.send(get("/plaintext").as_bytes());
     assert_eq!(c.response().status, 200);
-    // Slowloris: a byte at a time does not extend the deadline.
+    // Slowloris: a byte at a time does not extend the deadline. The bytes
+    // keep coming for twice the timeout (or until the 408), so a server
+    // that restarted its timer on each read would answer only after them.
     let started = Instant::now();
-    for b in b"GET /plain" {
-        c.send(&[*b]);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let trickle_for = timeout * 2;
+    let got_408 = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let mut s = c.stream.try_clone().unwrap();
+        let got_408 = Arc::clone(&got_408);
+        std::thread::spawn(move || {
+            let head = b"GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+            let mut bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+            while started.elapsed() < trickle_for && !got_408.load(Ordering::SeqCst) {
+                // The server may have closed already: nothing to check.
+                let _ = s.write_all(&[bytes.next().unwrap()]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     let r = c.response();
     let waited = started.elapsed();
+    got_408.store(true, Ordering::SeqCst);
+    trickle.join().unwrap();
     assert_eq!((r.status, r.header("Connection")), (408, Some("close")));
     assert!(
         waited >= timeout,
         "408 after {waited:?}, before {timeout:?}"
     );
-    assert!(waited < timeout * 4, "408 only after {waited:?}");
+    assert!(
+        waited < trickle_for,
+        "408 only after {waited:?}: the trickle (for {trickle_for:?}) extended the {timeout:?} timeout"
+    );
     c.expect_closed();
     // An idle keep-alive connection is not timed out by it.
     let mut idle = Reader::new(server.inet());
