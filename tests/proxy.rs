@@ -858,6 +858,18 @@ fn sent_headers_name_the_client_v1_and_v2() {
 #[test]
 fn bad_headers_are_closed_relaying_nothing() {
     let _w = watchdog("bad headers", Duration::from_secs(60));
+    /// How a case's connection ends: refused at once, at the client's end
+    /// of file, or by the header timeout.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum End {
+        Refused,
+        Eof,
+        Silence,
+    }
+    // Refusals and ends of file must close well within half of it: a relay
+    // that waited for more after a malformed header would close those by
+    // the timeout instead.
+    let header_timeout = Duration::from_secs(1);
     let upstream = Upstream::spawn(echo_stream);
     let mut proxy = Proxy::spawn(&[
         "--listen",
@@ -866,7 +878,7 @@ fn bad_headers_are_closed_relaying_nothing() {
         &upstream.url(),
         "--accept-proxy",
         "--header-timeout",
-        "0.5",
+        &header_timeout.as_secs_f64().to_string(),
     ]);
     let base_fds = proxy.fds();
     let mut valid_v2 = Vec::new();
@@ -882,22 +894,22 @@ fn bad_headers_are_closed_relaying_nothing() {
     oversized_v2.extend_from_slice(&[0u8; 200]);
     let mut oversized_v1 = b"PROXY TCP4 ".to_vec();
     oversized_v1.extend_from_slice(&[b'1'; 200]);
-    // (bytes, then end of file?)
-    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+    // (bytes, how the proxy closes)
+    let cases: Vec<(&str, Vec<u8>, End)> = vec![
         (
             "garbage",
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-            false,
+            End::Refused,
         ),
         (
             "binary garbage",
             b"\r\n\r\n\0\r\nQUIZ\n\x21\x11\0\x0c".to_vec(),
-            false,
+            End::Refused,
         ),
         (
             "bad v1 address",
             b"PROXY TCP4 999.0.0.1 192.0.2.2 1 2\r\nhi".to_vec(),
-            false,
+            End::Refused,
         ),
         (
             "bad v2 version",
@@ -906,30 +918,47 @@ fn bad_headers_are_closed_relaying_nothing() {
                 h[12] = 0x31;
                 h
             },
-            false,
+            End::Refused,
         ),
-        ("oversized v2", oversized_v2, false),
-        ("oversized v1", oversized_v1, false),
+        ("oversized v2", oversized_v2, End::Refused),
+        ("oversized v1", oversized_v1, End::Refused),
         (
             "truncated v1, then end of file",
             b"PROXY TCP4 192.0.2.1 19".to_vec(),
-            true,
+            End::Eof,
         ),
         (
             "truncated v2, then end of file",
             valid_v2[..20].to_vec(),
-            true,
+            End::Eof,
         ),
-        ("truncated v2, then silence", valid_v2[..20].to_vec(), false),
-        ("nothing at all", Vec::new(), false),
+        (
+            "truncated v2, then silence",
+            valid_v2[..20].to_vec(),
+            End::Silence,
+        ),
+        ("nothing at all", Vec::new(), End::Silence),
     ];
-    for (what, bytes, eof) in cases {
+    for (what, bytes, end) in cases {
+        let started = Instant::now();
         let mut s = client(proxy.addr());
         write_split(&mut s, &bytes, 7);
-        if eof {
+        if end == End::Eof {
             s.shutdown(Shutdown::Write).unwrap();
         }
         expect_closed_silent(&mut s, what);
+        let took = started.elapsed();
+        if end == End::Silence {
+            assert!(
+                took >= header_timeout,
+                "{what}: closed after {took:?}, before the {header_timeout:?} header timeout"
+            );
+        } else {
+            assert!(
+                took < header_timeout / 2,
+                "{what} ({end:?}): closed only after {took:?}, with a {header_timeout:?} header timeout"
+            );
+        }
     }
     proxy.wait_log("no whole PROXY header within");
     proxy.wait_log("end of file before a whole PROXY header");
